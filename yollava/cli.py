@@ -1,0 +1,245 @@
+"""The yollava command line: each command is a thin call into the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from yollava.errors import YollavaError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Personalize a frozen LLaVA-1.5 with a learned soft prompt (Yo'LLaVA).")
+concepts_app = typer.Typer(no_args_is_help=True, help="List, show and remove trained concepts.")
+app.add_typer(concepts_app, name="concepts")
+
+err = Console(stderr=True)
+out = Console()
+
+STORE_HELP = "concept store folder"
+MODEL_HELP = "base model: hub id, local checkpoint folder, or 'tiny' (offline test model)"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "datasets", "httpx", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _overrides(model: Optional[str], extra: Optional[List[str]], **mapped: Any) -> list[str]:
+    items = [f"model.name={model}"] if model else []
+    items += [f"{key}={value}" for key, value in mapped.items() if value is not None]
+    return items + list(extra or [])
+
+
+@app.command()
+def train(
+    concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo ([a-z0-9][a-z0-9_-]{0,31})"),
+    images: Optional[Path] = typer.Option(None, "--images", help="folder of photos of the subject (positives)"),
+    negatives: Optional[Path] = typer.Option(None, "--negatives", help="folder of negative images"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="train.epochs"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing concept of this name"),
+    resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this concept"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.lr=5e-4"),
+) -> None:
+    """Learn a concept's soft prompt from a few photos and save it to the store."""
+    from yollava.config import load_config
+    from yollava.train import train_concept
+
+    cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs}))
+    try:
+        train_concept(cfg, concept, images, negatives, store=store, overwrite=overwrite, resume=resume, console=err)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the concept store is untouched; continue with `yollava train --concept {concept} --resume`")
+        raise typer.Exit(130)
+
+
+def _load_for_chat(model: Optional[str], concepts: list[str], store: Path):
+    """Load the base (the concepts' own base when --model is not given) and attach the concepts."""
+    from yollava.concept import load_concept, read_record
+    from yollava.config import ModelConfig, load_config
+    from yollava.models import load_base
+
+    records = [read_record(store, name) for name in concepts]
+    name = model or (records[0]["base_model"]["id"] if records else None)
+    cfg = load_config(overrides=[f"model.name={name}"] if name else None)
+    base = load_base(cfg.model)
+    artifacts = [load_concept(base, store, n) for n in concepts]
+    return base, artifacts, cfg
+
+
+@app.command()
+def chat(
+    concept: Optional[List[str]] = typer.Option(None, "--concept", help="concept(s) to load; repeat for several"),
+    image: Optional[Path] = typer.Option(None, "--image", help="photo to talk about"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="ask once and exit (otherwise an interactive chat)"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concept's own base)"),
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="longest answer, in tokens"),
+) -> None:
+    """Talk about your concepts, with or without a photo (greedy decoding, streamed)."""
+    from yollava.chat import ChatSession
+    from yollava.images import load_rgb
+    from yollava.prompts import ChatFormat
+
+    if image is not None:
+        load_rgb(image, option="--image")
+    base, artifacts, cfg = _load_for_chat(model, list(concept or []), store)
+    session = ChatSession(base, artifacts, ChatFormat.load(cfg.prompt.template), max_new_tokens)
+    session.set_image(str(image) if image else None)
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if prompt is not None:
+        session.ask(prompt, on_text=stream)
+        sys.stdout.write("\n")
+        return
+    names = ", ".join(a.params.tokens.identifier for a in artifacts) or "no concept"
+    err.print(f"chatting with {names}; commands: /image PATH, /reset, /quit")
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            err.print("conversation cleared")
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                session.set_image(path or None)
+                err.print(f"image set to {path}; new conversation" if path else "image cleared; new conversation")
+            except YollavaError as exc:
+                err.print(f"error: {exc}")
+            continue
+        sys.stdout.write("assistant> ")
+        session.ask(line, on_text=stream)
+        sys.stdout.write("\n")
+
+
+@app.command("eval")
+def evaluate(
+    concept: str = typer.Option(..., "--concept", help="concept to evaluate"),
+    data: Path = typer.Option(..., "--data", help="dataset in the Yo'LLaVA layout: DIR/<subject>/test/*"),
+    subject: Optional[str] = typer.Option(None, "--subject", help="the concept's subject folder (default: the concept name)"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concept's own base)"),
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
+    generation: bool = typer.Option(False, "--generation", help="also score greedy answers (non Yes/No counts as wrong)"),
+) -> None:
+    """Recognition accuracy: the subject's test photos are positives, other subjects' negatives."""
+    from yollava.chat import greedy_generate
+    from yollava.evaluate import recognition_accuracy, yollava_split
+    from yollava.forward import FeatureCache
+    from yollava.prompts import ChatFormat, RecognitionBank
+    from yollava.storage import write_json_atomic
+    from yollava.train import progress_bar
+
+    positives, negatives = yollava_split(data, subject or concept)
+    base, artifacts, cfg = _load_for_chat(model, [concept], store)
+    tokens = artifacts[0].params.tokens
+    cache = FeatureCache(base)
+    generate = (lambda ids, refs: greedy_generate(base, ids, refs, cache, max_new_tokens=8)) if generation else None
+    with progress_bar(err) as progress:
+        task = progress.add_task("eval", total=len(positives) + len(negatives), info="")
+        result = recognition_accuracy(
+            base, ChatFormat.load(cfg.prompt.template), tokens.soft_prompt, RecognitionBank.load().eval_prompt(tokens.identifier),
+            positives, negatives, cache, generate, lambda n: progress.update(task, advance=n),
+        )
+    table = Table(title=f"recognition: <{concept}> on {data}")
+    for column in ("scoring", "positive", "negative", "weighted", "n pos", "n neg"):
+        table.add_column(column)
+    table.add_row("yes/no log-prob", f"{result.positive:.3f}", f"{result.negative:.3f}", f"{result.weighted:.3f}", str(result.n_positive), str(result.n_negative))
+    if result.generation:
+        g = result.generation
+        table.add_row("generation", f"{g['positive']:.3f}", f"{g['negative']:.3f}", f"{g['weighted']:.3f}", str(result.n_positive), str(result.n_negative))
+    out.print(table)
+    if json_path is not None:
+        payload = {"concept": concept, "subject": subject or concept, "data": str(data), **result.summary(), "per_image": result.per_image}
+        write_json_atomic(json_path, payload)
+        err.print(f"wrote {json_path}")
+
+
+@concepts_app.command("list")
+def concepts_list(store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
+    """Every concept in the store with its base model and best recognition score."""
+    from yollava.concept import list_concepts
+
+    records = list_concepts(store)
+    if not records:
+        err.print(f"no concepts in {store}")
+        return
+    table = Table()
+    for column in ("name", "k", "base model", "best epoch", "weighted (train)"):
+        table.add_column(column)
+    for record in records:
+        if "error" in record:
+            table.add_row(record["name"], "-", f"[red]{record['error']}", "-", "-")
+            continue
+        training = record.get("training", {})
+        metrics = training.get("metrics", {})
+        table.add_row(record["name"], str(record["k"]), record["base_model"]["id"], str(training.get("best_epoch", "-")),
+                      f"{metrics['weighted']:.3f}" if "weighted" in metrics else "-")
+    out.print(table)
+
+
+@concepts_app.command("show")
+def concepts_show(name: str, store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
+    """Print a concept's record (concept.json)."""
+    from yollava.concept import read_record
+
+    out.print_json(json.dumps(read_record(store, name)))
+
+
+@concepts_app.command("remove")
+def concepts_remove(name: str, store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
+    """Delete a concept and everything stored with it."""
+    from yollava.concept import remove_concept
+
+    folder = remove_concept(store, name)
+    err.print(f"removed {folder}")
+
+
+@app.command("config")
+def show_config(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides"),
+) -> None:
+    """Print the fully resolved configuration (every valid key with its value)."""
+    from yollava.config import config_to_yaml, load_config
+
+    out.print(config_to_yaml(load_config(config, list(overrides or []))), highlight=False)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    _setup_logging()
+    try:
+        app()
+    except YollavaError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

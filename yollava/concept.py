@@ -1,0 +1,439 @@
+"""Concept tokens, the row-only trainable parameters, attaching concepts to a base, save/load/validate."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tokenizers import AddedToken
+
+from yollava.config import ConceptConfig, HeadRows, InitMethod
+from yollava.errors import YollavaError
+from yollava.images import file_sha256
+from yollava.models import Base
+from yollava.storage import CONCEPT_JSON, CONCEPT_WEIGHTS, load_tensors, save_tensors_atomic, write_json_atomic
+
+FORMAT_VERSION = 1
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid concept name, else raise a one-line error.
+
+    Names are ``[a-z0-9][a-z0-9_-]{0,31}``: they become token strings and folder names, so no
+    path separators, spaces or capitals (``../x``, ``My Dog`` are refused).
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise YollavaError(
+            f"invalid concept name '{name}': use 1-32 characters of a-z, 0-9, '_' or '-', starting with a letter or digit (e.g. bo, my-mug)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ConceptTokens:
+    """The token strings of one concept: ``<bo>`` and ``<bo_1>``…``<bo_k>``."""
+
+    name: str
+    k: int
+
+    @property
+    def identifier(self) -> str:
+        return f"<{self.name}>"
+
+    @property
+    def latents(self) -> list[str]:
+        return [f"<{self.name}_{i}>" for i in range(1, self.k + 1)]
+
+    @property
+    def all(self) -> list[str]:
+        """Identifier first, then the latent tokens (the order of ``embed_rows``)."""
+        return [self.identifier, *self.latents]
+
+    @property
+    def soft_prompt(self) -> str:
+        """``<bo> is <bo_1>…<bo_16>.``; with k=0 just ``<bo>.``."""
+        if self.k == 0:
+            return f"{self.identifier}."
+        return f"{self.identifier} is {''.join(self.latents)}."
+
+    def head_tokens(self, head_rows: HeadRows) -> list[str]:
+        return [self.identifier] if head_rows == HeadRows.identifier else self.all
+
+
+class ConceptParams(nn.Module):
+    """The only trainable numbers of a concept: (k+1) embedding rows and r output-head rows (fp32)."""
+
+    def __init__(self, tokens: ConceptTokens, head_rows: HeadRows, embed_rows: torch.Tensor, head_weights: torch.Tensor):
+        super().__init__()
+        expected_head = len(tokens.head_tokens(head_rows))
+        if embed_rows.shape[0] != tokens.k + 1 or head_weights.shape[0] != expected_head:
+            raise ValueError(
+                f"row counts {tuple(embed_rows.shape)}, {tuple(head_weights.shape)} do not fit k={tokens.k}, head_rows={head_rows.value}"
+            )
+        self.tokens = tokens
+        self.head_mode = head_rows
+        self.embed_rows = nn.Parameter(embed_rows.detach().float().clone())
+        self.head_rows = nn.Parameter(head_weights.detach().float().clone())
+
+    @property
+    def head_tokens(self) -> list[str]:
+        return self.tokens.head_tokens(self.head_mode)
+
+
+def _vocab_rows(base: Base) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input-embedding and head rows of real tokenizer entries (padding rows past the tokenizer excluded)."""
+    embedding = base.model.get_input_embeddings()
+    head = base.model.get_output_embeddings()
+    n = min(base.base_tokenizer_size, base.base_rows)
+    embed_weight = getattr(embedding, "base", embedding).weight[:n].detach().float()
+    head_weight = getattr(head, "base", head).weight[:n].detach().float()
+    return embed_weight, head_weight
+
+
+def init_concept(base: Base, name: str, config: ConceptConfig, seed: int = 0) -> ConceptParams:
+    """Fresh rows for a new concept, initialised as ``config.init`` says (see :class:`InitMethod`).
+
+    Raises:
+        YollavaError: ``init=word`` with a word the tokenizer cannot encode.
+    """
+    tokens = ConceptTokens(validate_name(name), config.k)
+    n_head = len(tokens.head_tokens(config.head_rows))
+    embed_vocab, head_vocab = _vocab_rows(base)
+    generator = torch.Generator().manual_seed(seed)
+    embed_std = embed_vocab.std(dim=0)
+    head_std = head_vocab.std(dim=0)
+    if config.init == InitMethod.word:
+        ids = base.tokenizer(config.init_word, add_special_tokens=False)["input_ids"]
+        ids = [i for i in ids if i < embed_vocab.shape[0]]
+        if not ids:
+            raise YollavaError(f"concept.init_word='{config.init_word}' encodes to no known token; pick a plain word")
+        embed = embed_vocab[ids].mean(0).expand(tokens.k + 1, -1).clone()
+        head = head_vocab[ids[0]].expand(n_head, -1).clone()
+    elif config.init == InitMethod.random:
+        embed = torch.randn(tokens.k + 1, embed_vocab.shape[1], generator=generator) * embed_std
+        head = torch.randn(n_head, head_vocab.shape[1], generator=generator) * head_std
+        return ConceptParams(tokens, config.head_rows, embed, head)
+    else:
+        embed = embed_vocab.mean(0).expand(tokens.k + 1, -1).clone()
+        head = head_vocab.mean(0).expand(n_head, -1).clone()
+    # small noise breaks the symmetry between otherwise identical latent rows
+    embed = embed + config.init_noise * embed_std * torch.randn(embed.shape, generator=generator)
+    head = head + config.init_noise * head_std * torch.randn(head.shape, generator=generator)
+    return ConceptParams(tokens, config.head_rows, embed, head)
+
+
+class ConceptEmbedding(nn.Module):
+    """Input embedding = the frozen base matrix, with concept token ids answered by concept rows.
+
+    The base matrix is never written to: concept ids are looked up in the small concept tables
+    instead, so every original row stays bit-identical during training and chat alike.
+    """
+
+    def __init__(self, base: nn.Embedding, slots: "ConceptSlots"):
+        super().__init__()
+        self.base = base
+        self.slots = slots
+
+    @property
+    def weight(self) -> torch.Tensor:  # transformers reads .weight for dtype/device/shape
+        return self.base.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        table, ids = self.slots.embed_table()
+        if ids.numel() == 0:
+            return self.base(input_ids)
+        ids = ids.to(input_ids.device)
+        is_new = torch.isin(input_ids, ids)
+        safe = input_ids.masked_fill(is_new | (input_ids >= self.base.num_embeddings), 0)
+        out = self.base(safe)
+        if not bool(is_new.any()):
+            return out
+        slot = self.slots.slot_of(input_ids[is_new])
+        return out.index_put((is_new,), table[slot].to(device=out.device, dtype=out.dtype))
+
+
+class ConceptHead(nn.Module):
+    """Output head = the frozen base head, plus one column per concept token.
+
+    Columns of concept tokens with a trained head row use it; concept tokens without one (latent
+    tokens when ``head_rows=identifier``) get the lowest logit, so they are never generated.
+    """
+
+    def __init__(self, base: nn.Linear, slots: "ConceptSlots"):
+        super().__init__()
+        self.base = base
+        self.slots = slots
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.base(hidden)
+        vocab = self.slots.vocab_size(self.base.out_features)
+        if vocab > logits.shape[-1]:
+            pad = logits.new_full((*logits.shape[:-1], vocab - logits.shape[-1]), torch.finfo(logits.dtype).min)
+            logits = torch.cat([logits, pad], dim=-1)
+        silent = self.slots.silent_ids()
+        if silent.numel():
+            logits = logits.index_fill(-1, silent.to(logits.device), torch.finfo(logits.dtype).min)
+        table, ids = self.slots.head_table()
+        if ids.numel():
+            columns = hidden @ table.to(device=hidden.device, dtype=hidden.dtype).T
+            logits = logits.index_copy(-1, ids.to(logits.device), columns.to(logits.dtype))
+        return logits
+
+
+class ConceptSlots(nn.Module):
+    """Token ids → rows of the attached concepts' tables (several concepts at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concepts = nn.ModuleDict()
+        self.token_ids: dict[str, list[int]] = {}
+
+    def add(self, params: ConceptParams, token_ids: list[int]) -> None:
+        self.concepts[params.tokens.name] = params
+        self.token_ids[params.tokens.name] = token_ids
+
+    def remove(self, name: str) -> None:
+        del self.concepts[name]
+        del self.token_ids[name]
+
+    def _ids(self, with_head: bool) -> list[int]:
+        out: list[int] = []
+        for name, params in self.concepts.items():
+            ids = self.token_ids[name]
+            out.extend(ids[: params.head_rows.shape[0]] if with_head else ids)
+        return out
+
+    def embed_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.concepts:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        table = torch.cat([p.embed_rows for p in self.concepts.values()])
+        return table, torch.tensor(self._ids(with_head=False), dtype=torch.long)
+
+    def head_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.concepts:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        table = torch.cat([p.head_rows for p in self.concepts.values()])
+        return table, torch.tensor(self._ids(with_head=True), dtype=torch.long)
+
+    def silent_ids(self) -> torch.Tensor:
+        with_head = set(self._ids(with_head=True))
+        return torch.tensor([i for i in self._ids(with_head=False) if i not in with_head], dtype=torch.long)
+
+    def slot_of(self, ids: torch.Tensor) -> torch.Tensor:
+        all_ids = self._ids(with_head=False)
+        lookup = torch.full((max(all_ids) + 1,), -1, dtype=torch.long, device=ids.device)
+        lookup[torch.tensor(all_ids, device=ids.device)] = torch.arange(len(all_ids), device=ids.device)
+        return lookup[ids]
+
+    def vocab_size(self, base_rows: int) -> int:
+        ids = self._ids(with_head=False)
+        return max([base_rows, *(i + 1 for i in ids)])
+
+
+def concept_slots(base: Base) -> ConceptSlots:
+    """Install the concept-aware embedding and head on ``base`` once; return their shared slots."""
+    embedding = base.model.get_input_embeddings()
+    if isinstance(embedding, ConceptEmbedding):
+        return embedding.slots
+    slots = ConceptSlots()
+    head = base.model.get_output_embeddings()
+    base.model.set_input_embeddings(ConceptEmbedding(embedding, slots))
+    base.model.set_output_embeddings(ConceptHead(head, slots))
+    return slots
+
+
+def attach(base: Base, params: ConceptParams) -> list[int]:
+    """Add a concept's tokens to the tokenizer and its rows to the model.
+
+    The matrices are never resized or written: ids past the base rows are answered by the concept
+    tables and the head's logits grow to cover them.
+
+    Returns:
+        The concept's token ids, identifier first.
+
+    Raises:
+        YollavaError: a token of this concept already exists (another attached concept with the same
+            name, or a base vocabulary entry such as ``<s>`` for a concept named ``s``).
+    """
+    slots = concept_slots(base)
+    name = params.tokens.name
+    if name in slots.concepts:
+        raise YollavaError(f"concept '{name}' is already loaded; load each concept once")
+    vocab = base.tokenizer.get_vocab()
+    base_clash = [t for t in params.tokens.all if vocab.get(t, base.base_tokenizer_size) < base.base_tokenizer_size]
+    if base_clash:
+        raise YollavaError(
+            f"concept '{name}': token {base_clash[0]} is already in the base vocabulary; rename the concept (e.g. {name}2)"
+        )
+    attached = {t: other for other, p in slots.concepts.items() for t in p.tokens.all}
+    clash = [t for t in params.tokens.all if t in attached]
+    if clash:
+        raise YollavaError(
+            f"concept '{name}': token {clash[0]} clashes with loaded concept '{attached[clash[0]]}'; load them separately or rename one"
+        )
+    # normalized=False: the token string is matched literally; special=False: decoding keeps "<bo>"
+    added = [AddedToken(t, normalized=False, special=False, single_word=False, lstrip=False, rstrip=False) for t in params.tokens.all]
+    base.tokenizer.add_tokens(added)
+    ids = base.tokenizer.convert_tokens_to_ids(params.tokens.all)
+    params.to(base.device)
+    slots.add(params, list(ids))
+    return list(ids)
+
+
+def detach_all(base: Base) -> None:
+    """Remove every attached concept's rows (tokens stay in the tokenizer but map to nothing trainable)."""
+    slots = concept_slots(base)
+    for name in list(slots.concepts):
+        slots.remove(name)
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+@dataclass
+class ConceptArtifact:
+    """A concept loaded from disk: its rows and its JSON record."""
+
+    params: ConceptParams
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def concept_dir(store: str | Path, name: str) -> Path:
+    return Path(store) / validate_name(name)
+
+
+def save_concept(params: ConceptParams, base: Base, store: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``concept.safetensors`` then ``concept.json`` atomically into ``store/<name>/``.
+
+    The JSON records the weights' sha256; loading checks it, so a crash between the two renames
+    is detected rather than silently mixing an old record with new rows.
+
+    Returns:
+        The concept folder.
+    """
+    folder = concept_dir(store, params.tokens.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / CONCEPT_WEIGHTS
+    save_tensors_atomic(weights, {"embed_rows": params.embed_rows, "head_rows": params.head_rows},
+                        metadata={"format": "yollava-concept", "format_version": str(FORMAT_VERSION)})
+    slots = concept_slots(base)
+    ids = slots.token_ids.get(params.tokens.name)
+    record: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": params.tokens.name,
+        "identifier": params.tokens.identifier,
+        "tokens": params.tokens.all,
+        "token_ids": ids,
+        "soft_prompt": params.tokens.soft_prompt,
+        "k": params.tokens.k,
+        "head_rows": params.head_mode.value,
+        "head_tokens": params.head_tokens,
+        "hidden_size": base.hidden_size,
+        "base_model": base.describe(),
+        "weights_sha256": file_sha256(weights),
+    }
+    record.update(extra or {})
+    write_json_atomic(folder / CONCEPT_JSON, record)
+    return folder
+
+
+def read_record(store: str | Path, name: str) -> dict[str, Any]:
+    """Read and sanity-check ``concept.json`` (no model needed).
+
+    Raises:
+        YollavaError: the concept is missing or its files are unreadable.
+    """
+    folder = concept_dir(store, name)
+    path = folder / CONCEPT_JSON
+    if not path.is_file():
+        raise YollavaError(f"concept '{name}' not found in {Path(store)}; train it with `yollava train --concept {name} --images DIR` or pass --store")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise YollavaError(f"{path} is not valid JSON ({exc.__class__.__name__}); retrain with --overwrite") from exc
+    if record.get("format_version") != FORMAT_VERSION:
+        raise YollavaError(f"{path}: format version {record.get('format_version')} is not supported (expected {FORMAT_VERSION}); retrain it")
+    return record
+
+
+def check_base(record: dict[str, Any], base: Base) -> None:
+    """Refuse a concept trained on another base model, with a one-line message naming the fix."""
+    trained = record.get("base_model", {})
+    name = record.get("name")
+    if trained.get("hidden_size") != base.hidden_size:
+        raise YollavaError(
+            f"concept '{name}' was trained on {trained.get('id')} (hidden size {trained.get('hidden_size')}) but the loaded base "
+            f"{base.model_id} has hidden size {base.hidden_size}; pass --model {trained.get('id')}"
+        )
+    if trained.get("id") != base.model_id or trained.get("vocab_rows") != base.base_rows:
+        raise YollavaError(
+            f"concept '{name}' was trained on base model {trained.get('id')} but {base.model_id} is loaded; pass --model {trained.get('id')}"
+        )
+
+
+def load_concept(base: Base, store: str | Path, name: str) -> ConceptArtifact:
+    """Load ``store/<name>/`` onto ``base`` (validated, then attached).
+
+    Raises:
+        YollavaError: missing concept, other base model, wrong shapes, mismatched files, token clash.
+    """
+    record = read_record(store, name)
+    check_base(record, base)
+    folder = concept_dir(store, name)
+    weights = folder / CONCEPT_WEIGHTS
+    if not weights.is_file():
+        raise YollavaError(f"{weights} is missing; retrain the concept with --overwrite")
+    if record.get("weights_sha256") and file_sha256(weights) != record["weights_sha256"]:
+        raise YollavaError(f"{weights} does not match {CONCEPT_JSON} (interrupted write?); retrain with --overwrite")
+    tensors = load_tensors(weights)
+    tokens = ConceptTokens(record["name"], int(record["k"]))
+    head_mode = HeadRows(record["head_rows"])
+    embed, head = tensors.get("embed_rows"), tensors.get("head_rows")
+    d = base.hidden_size
+    if embed is None or head is None or tuple(embed.shape) != (tokens.k + 1, d) or tuple(head.shape) != (len(tokens.head_tokens(head_mode)), d):
+        raise YollavaError(f"{weights}: tensors do not match k={tokens.k}, hidden size {d}; retrain the concept")
+    params = ConceptParams(tokens, head_mode, embed, head)
+    params.requires_grad_(False)
+    attach(base, params)
+    return ConceptArtifact(params=params, record=record)
+
+
+def list_concepts(store: str | Path) -> list[dict[str, Any]]:
+    """Records of every concept in ``store`` (unreadable ones are reported with an ``error`` key)."""
+    store = Path(store)
+    out: list[dict[str, Any]] = []
+    if not store.is_dir():
+        return out
+    for folder in sorted(p for p in store.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)):
+        if not (folder / CONCEPT_JSON).exists():
+            continue
+        try:
+            out.append(read_record(store, folder.name))
+        except YollavaError as exc:
+            out.append({"name": folder.name, "error": str(exc)})
+    return out
+
+
+def remove_concept(store: str | Path, name: str) -> Path:
+    """Delete ``store/<name>/`` (the artifact and any data stored with it)."""
+    folder = concept_dir(store, name)
+    if not folder.is_dir():
+        raise YollavaError(f"concept '{name}' not found in {Path(store)}; see `yollava concepts list`")
+    shutil.rmtree(folder)
+    return folder
+
+
+def concept_ids(base: Base, names: Iterable[str]) -> dict[str, list[int]]:
+    slots = concept_slots(base)
+    return {n: slots.token_ids[n] for n in names}

@@ -1,0 +1,232 @@
+"""Loading a frozen LLaVA base (hub id, local directory, or the offline tiny builder)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from yollava.config import ModelConfig, Quantization
+from yollava.errors import YollavaError
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# transformers 5 renamed from_pretrained's torch_dtype= to dtype=
+DTYPE_KWARG = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Base:
+    """A frozen LLaVA with what is needed to talk to it.
+
+    Attributes:
+        model: transformers' own ``LlavaForConditionalGeneration``, every parameter frozen.
+        tokenizer: its tokenizer (concept tokens are added to it when concepts attach).
+        image_processor: turns PIL images into ``pixel_values``.
+        model_id: hub id or path as given (recorded in concept files).
+        revision: hub commit hash when known.
+        image_token_id: id of the ``<image>`` placeholder token.
+        num_image_tokens: how many positions each image occupies (576 for LLaVA-1.5 at 336 px).
+        base_tokenizer_size: tokenizer length before any concept token was added.
+    """
+
+    model: LlavaForConditionalGeneration
+    tokenizer: Any
+    image_processor: Any
+    model_id: str
+    revision: str | None
+    image_token_id: int
+    num_image_tokens: int
+    base_tokenizer_size: int
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    @property
+    def base_rows(self) -> int:
+        """Rows of the original embedding matrix (may exceed the tokenizer: 32064 vs 32002 on llava-hf)."""
+        embedding = self.model.get_input_embeddings()
+        return getattr(embedding, "base", embedding).weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def describe(self) -> dict[str, Any]:
+        """What a concept records about the base it was trained on."""
+        return {
+            "id": self.model_id,
+            "revision": self.revision,
+            "hidden_size": self.hidden_size,
+            "vocab_rows": self.base_rows,
+            "tokenizer_size": self.base_tokenizer_size,
+        }
+
+
+def count_image_tokens(config: LlavaConfig) -> int:
+    """Positions one image occupies in the language model's sequence."""
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
+def freeze(model: torch.nn.Module) -> None:
+    """Freeze every parameter and switch off dropout: the base never trains."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.eval()
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise YollavaError(f"model.device={name} but no CUDA device is available; use model.device=cpu")
+    return name
+
+
+def _resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise YollavaError(f"model.dtype={name} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _tiny_tokenizer_dir() -> Path:
+    return Path(str(resources.files("yollava") / "assets" / "tiny" / "tokenizer"))
+
+
+def _clip_image_processor(size: int) -> Any:
+    # transformers 5 has a PIL-backed class; 4.57's CLIPImageProcessor is PIL/numpy-based already
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_tiny_base(seed: int = 0, extra_rows: int = 8) -> Base:
+    """A small random LLaVA for tests: same transformers class, offline, well under a second.
+
+    It cannot learn a concept (prompt tuning on a random frozen net stays at chance); it exists to
+    test mechanics. Its embedding matrix has ``extra_rows`` more rows than the tokenizer, like the
+    llava-hf checkpoints (32064 rows, 32002 tokens), so the "never shrink" path is always exercised.
+
+    Args:
+        seed: torch seed for the random weights.
+        extra_rows: unused padding rows past the tokenizer.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(str(_tiny_tokenizer_dir()))
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=32,
+    )
+    text = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=len(tokenizer) + extra_rows, max_position_embeddings=1024,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_token_id,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    freeze(model)
+    return Base(
+        model=model, tokenizer=tokenizer, image_processor=_clip_image_processor(vision.image_size),
+        model_id=TINY, revision=None, image_token_id=image_token_id,
+        num_image_tokens=count_image_tokens(config), base_tokenizer_size=len(tokenizer),
+    )
+
+
+BUILDERS: dict[str, Callable[[], Base]] = {TINY: build_tiny_base}
+
+
+def _quantization_config(kind: Quantization, device: str) -> Any:
+    if kind == Quantization.none:
+        return None
+    if not device.startswith("cuda"):
+        raise YollavaError(f"model.quantization={kind.value} needs a CUDA GPU; use model.quantization=none on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise YollavaError("model.quantization needs bitsandbytes: pip install 'yollava[quant]'") from exc
+    if kind == Quantization.int8:
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4"
+    )
+
+
+def load_base(config: ModelConfig) -> Base:
+    """Load and freeze a LLaVA base.
+
+    Args:
+        config: ``name`` is a hub id (default ``llava-hf/llava-1.5-13b-hf``), a local directory of a
+            ``LlavaForConditionalGeneration`` checkpoint, or a registered builder name (``tiny``).
+
+    Returns:
+        A frozen :class:`Base` with the model on its device (accelerate places it on GPU).
+
+    Raises:
+        YollavaError: the checkpoint cannot be found or loaded, or the device/dtype is unusable.
+    """
+    if config.name in BUILDERS:
+        return BUILDERS[config.name]()
+    device = _resolve_device(config.device)
+    dtype = _resolve_dtype(config.dtype, device)
+    kwargs: dict[str, Any] = {DTYPE_KWARG: dtype, "revision": config.revision, "use_safetensors": True}
+    quant = _quantization_config(config.quantization, device)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device.startswith("cuda"):
+        kwargs["device_map"] = "auto" if device == "cuda" else {"": device}
+    local = Path(config.name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise YollavaError(f"--model {config.name}: directory has no config.json; pass a LLaVA checkpoint folder or a hub id")
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(config.name, **kwargs)
+        processor = AutoProcessor.from_pretrained(config.name, revision=config.revision)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise YollavaError(
+            f"cannot load model '{config.name}' ({reason}); check the id or path, your network/HF cache, "
+            "or use --model tiny for an offline test model"
+        ) from exc
+    if not device.startswith("cuda"):
+        model.to(device)
+    freeze(model)
+    tokenizer = processor.tokenizer
+    image_token_id = model.config.image_token_id
+    return Base(
+        model=model, tokenizer=tokenizer, image_processor=processor.image_processor,
+        model_id=config.name, revision=getattr(model.config, "_commit_hash", None) or config.revision,
+        image_token_id=image_token_id, num_image_tokens=count_image_tokens(model.config),
+        base_tokenizer_size=len(tokenizer),
+    )

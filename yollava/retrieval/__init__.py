@@ -1,0 +1,1 @@
+"""Hard-negative retrieval: CLIP embeddings, on-disk indexes, clip-retrieval services."""
