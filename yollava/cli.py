@@ -27,8 +27,22 @@ STORE_HELP = "concept store folder"
 MODEL_HELP = "base model: hub id, local checkpoint folder, or 'tiny' (offline test model)"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (so redirection and test capture see it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logger = logging.getLogger("yollava")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     for noisy in ("transformers", "datasets", "httpx", "urllib3", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -229,6 +243,18 @@ def show_config(
     from yollava.config import config_to_yaml, load_config
 
     out.print(config_to_yaml(load_config(config, list(overrides or []))), highlight=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="folder for the generated photos, runs and concept"),
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    epochs: int = typer.Option(3, "--epochs", help="training epochs"),
+) -> None:
+    """Offline quickstart: generate photos, train <bo>, chat about it, score recognition."""
+    from yollava.demo import run_demo
+
+    run_demo(out, model=model, epochs=epochs, console=err)
 
 
 def main() -> None:

@@ -124,7 +124,7 @@ def _clip_image_processor(size: int) -> Any:
     return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def build_tiny_base(seed: int = 0, extra_rows: int = 8) -> Base:
+def build_tiny_base(seed: int = 0, extra_rows: int = 8, hidden_size: int = 64) -> Base:
     """A small random LLaVA for tests: same transformers class, offline, well under a second.
 
     It cannot learn a concept (prompt tuning on a random frozen net stays at chance); it exists to
@@ -134,6 +134,7 @@ def build_tiny_base(seed: int = 0, extra_rows: int = 8) -> Base:
     Args:
         seed: torch seed for the random weights.
         extra_rows: unused padding rows past the tokenizer.
+        hidden_size: language-model width (tests build a second size to check base refusal).
     """
     tokenizer = AutoTokenizer.from_pretrained(str(_tiny_tokenizer_dir()))
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -142,7 +143,7 @@ def build_tiny_base(seed: int = 0, extra_rows: int = 8) -> Base:
         image_size=32, patch_size=8, projection_dim=32,
     )
     text = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, vocab_size=len(tokenizer) + extra_rows, max_position_embeddings=1024,
         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,221 @@
+"""The command line end to end on the tiny model, and every bad input the user can give it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from yollava import cli
+from yollava.storage import CONCEPT_JSON, CONCEPT_WEIGHTS
+
+
+def run_cli(args: list[str], capsys, monkeypatch, cwd: Path) -> tuple[int, str, str]:
+    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["yollava", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, *fragments: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def trained(tmp_path, image_dirs, capsys, monkeypatch):
+    """A workspace with concept 'bo' trained for 1 epoch on the tiny model."""
+    pos, neg = image_dirs
+    code, _, err = run_cli(["train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1"], capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    return tmp_path
+
+
+def test_end_to_end_subprocess(tmp_path, image_dirs):
+    """train 2 epochs → chat one-shot → eval → concepts list, as a user runs them."""
+    pos, neg = image_dirs
+    data = tmp_path / "data"
+    for i in range(2):
+        make_image(data / "bo" / "test" / f"t{i}.png", (220, 40, 40))
+        make_image(data / "other" / "test" / f"o{i}.png", (40, 220, 40), shape="square")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    exe = [sys.executable, "-m", "yollava.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*exe, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    trained = run("train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "2", "train.batch_size=2")
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "concepts" / "bo" / CONCEPT_WEIGHTS).is_file()
+    runs = list((tmp_path / "runs" / "bo").iterdir())
+    assert len(runs) == 1 and (runs[0] / "config.yaml").is_file() and (runs[0] / "metrics.jsonl").is_file()
+
+    chat = run("chat", "--concept", "bo", "--image", str(pos / "p0.png"), "--prompt", "Is <bo> in this photo?", "--max-new-tokens", "4")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()  # the random tiny model says something; its content is meaningless
+
+    result = run("eval", "--concept", "bo", "--data", str(data), "--json", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["n_positive"] == 2 and metrics["n_negative"] == 2
+    assert metrics["weighted"] == pytest.approx(0.5 * metrics["positive"] + 0.5 * metrics["negative"])
+    assert "weighted" in result.stdout
+
+    listing = run("concepts", "list")
+    assert listing.returncode == 0 and "bo" in listing.stdout and "tiny" in listing.stdout
+
+
+def test_interactive_chat_repl(trained, image_dirs, capsys, monkeypatch):
+    pos, _ = image_dirs
+    lines = iter(["Hello <bo>", f"/image {pos / 'p1.png'}", "/image /nope.png", "/reset", "Is <bo> here?", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, out, err = run_cli(["chat", "--concept", "bo", "--max-new-tokens", "3"], capsys, monkeypatch, trained)
+    assert code == 0, err
+    assert out.count("assistant> ") == 2
+    assert "image set to" in err and "error: image /nope.png: no such file" in err and "conversation cleared" in err
+
+
+def test_chat_without_concept_and_with_two_concepts(trained, image_dirs, capsys, monkeypatch):
+    pos, neg = image_dirs
+    code, _, err = run_cli(["train", "--concept", "mam", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1"], capsys, monkeypatch, trained)
+    assert code == 0, err
+    code, out, err = run_cli(["chat", "--concept", "bo", "--concept", "mam", "--prompt", "Are <bo> and <mam> friends?", "--max-new-tokens", "3"], capsys, monkeypatch, trained)
+    assert code == 0, err
+    code, out, err = run_cli(["chat", "--model", "tiny", "--prompt", "hi", "--max-new-tokens", "2"], capsys, monkeypatch, trained)
+    assert code == 0, err
+
+
+def test_concepts_show_and_remove(trained, capsys, monkeypatch):
+    code, out, _ = run_cli(["concepts", "show", "bo"], capsys, monkeypatch, trained)
+    assert code == 0 and '"identifier": "<bo>"' in out
+    code, _, err = run_cli(["concepts", "remove", "bo"], capsys, monkeypatch, trained)
+    assert code == 0 and not (trained / "concepts" / "bo").exists()
+    code, _, err = run_cli(["concepts", "remove", "bo"], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "not found")
+
+
+def test_config_command_prints_resolved_keys(tmp_path, capsys, monkeypatch):
+    code, out, _ = run_cli(["config", "train.lr=0.005"], capsys, monkeypatch, tmp_path)
+    assert code == 0 and "lr: 0.005" in out and "head_rows: identifier" in out
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def train_args(pos: Path, *extra: str, name: str = "bo") -> list[str]:
+    return ["train", "--concept", name, "--images", str(pos), "--model", "tiny", "--epochs", "1", *extra]
+
+
+def test_missing_image_dir(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(train_args(tmp_path / "nope"), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "--images", "no such directory")
+
+
+def test_empty_image_dir(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(train_args(tmp_path / "empty"), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "no valid positive image", "folder is empty")
+
+
+def test_only_broken_files(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    make_image(folder / "cut.png", (200, 0, 0))
+    (folder / "cut.png").write_bytes((folder / "cut.png").read_bytes()[:60])  # truncated
+    code, _, err = run_cli(train_args(folder), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "no valid positive image", "2 file(s) skipped")
+
+
+def test_broken_files_are_skipped_with_a_warning(tmp_path, image_dirs, capsys, monkeypatch):
+    pos, neg = image_dirs
+    (pos / "notes.txt").write_text("hello")
+    (pos / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    code, _, err = run_cli(train_args(pos, "--negatives", str(neg)), capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    assert "skipped 2 file(s)" in err and "notes.txt" in err and "bad.jpg" in err
+    record = json.loads((tmp_path / "concepts" / "bo" / CONCEPT_JSON).read_text())
+    assert len(record["training"]["positives"]) == 4
+
+
+@pytest.mark.parametrize("name", ["../x", "my dog", "Bo"])
+def test_bad_concept_name(tmp_path, image_dirs, capsys, monkeypatch, name):
+    code, _, err = run_cli(train_args(image_dirs[0], name=name), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "invalid concept name")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()
+
+
+def test_existing_concept_without_overwrite(trained, image_dirs, capsys, monkeypatch):
+    before = (trained / "concepts" / "bo" / CONCEPT_WEIGHTS).read_bytes()
+    code, _, err = run_cli(train_args(image_dirs[0]), capsys, monkeypatch, trained)
+    assert_user_error(code, err, "already exists", "--overwrite")
+    assert (trained / "concepts" / "bo" / CONCEPT_WEIGHTS).read_bytes() == before
+    code, _, err = run_cli(train_args(image_dirs[0], "--overwrite"), capsys, monkeypatch, trained)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("override,fragment", [("train.nope=1", "unknown config key 'train.nope'"), ("train.lr=fast", "bad value for config key 'train.lr'"), ("concept.head_rows=some", "concept.head_rows")])
+def test_bad_config_override(tmp_path, image_dirs, capsys, monkeypatch, override, fragment):
+    code, _, err = run_cli(train_args(image_dirs[0], override), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, fragment)
+
+
+def test_bad_config_yaml(tmp_path, image_dirs, capsys, monkeypatch):
+    (tmp_path / "c.yaml").write_text("train:\n  epochz: 3\n")
+    code, _, err = run_cli(train_args(image_dirs[0], "--config", str(tmp_path / "c.yaml")), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "unknown config key 'train.epochz'")
+
+
+def test_concept_from_another_base(trained, capsys, monkeypatch):
+    path = trained / "concepts" / "bo" / CONCEPT_JSON
+    record = json.loads(path.read_text())
+    record["base_model"]["id"] = "llava-hf/llava-1.5-13b-hf"
+    path.write_text(json.dumps(record))
+    code, _, err = run_cli(["chat", "--concept", "bo", "--model", "tiny", "--prompt", "hi"], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "trained on base model llava-hf/llava-1.5-13b-hf", "--model llava-hf/llava-1.5-13b-hf")
+
+
+def test_missing_concept_in_chat_and_eval(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["chat", "--concept", "ghost", "--prompt", "hi", "--model", "tiny"], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "concept 'ghost' not found")
+    data = tmp_path / "data"
+    make_image(data / "ghost" / "test" / "a.png", (1, 2, 3))
+    make_image(data / "other" / "test" / "b.png", (3, 2, 1))
+    code, _, err = run_cli(["eval", "--concept", "ghost", "--data", str(data)], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "concept 'ghost' not found")
+
+
+def test_eval_data_problems(trained, capsys, monkeypatch):
+    code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(trained / "nodata")], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "--data", "no such directory")
+    make_image(trained / "data" / "someone" / "test" / "a.png", (1, 2, 3))
+    code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(trained / "data")], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "no bo/test/ folder", "--subject")
+
+
+def test_chat_image_that_is_not_an_image(trained, capsys, monkeypatch):
+    (trained / "fake.png").write_text("plain text")
+    code, _, err = run_cli(["chat", "--concept", "bo", "--image", str(trained / "fake.png"), "--prompt", "hi"], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "--image", "not an image")
+    code, _, err = run_cli(["chat", "--concept", "bo", "--image", str(trained / "missing.png"), "--prompt", "hi"], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "--image", "no such file")
+
+
+def test_resume_without_a_run(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["train", "--concept", "bo", "--resume", "--model", "tiny"], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "no unfinished run")
