@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "yollava" / "assets" / "tiny" / "tokenizer"
@@ -55,19 +54,11 @@ def main() -> None:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        model_input_names=["input_ids", "attention_mask"],
-        padding_side="right",
-    )
     OUT.mkdir(parents=True, exist_ok=True)
-    wrapped.save_pretrained(str(OUT))
-    print(f"wrote {OUT} ({len(wrapped)} entries)")
+    # tokenizer.json only: yollava.models.tiny_tokenizer() wraps it with the special tokens, the same
+    # way on transformers 4.57 and 5.x (a saved tokenizer_config.json is version-specific)
+    tokenizer.save(str(OUT / "tokenizer.json"))
+    print(f"wrote {OUT / 'tokenizer.json'} ({tokenizer.get_vocab_size()} entries)")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,12 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["n_positive"] == 2 and metrics["n_negative"] == 2
     assert metrics["weighted"] == pytest.approx(0.5 * metrics["positive"] + 0.5 * metrics["negative"])
-    assert "weighted" in result.stdout
+    assert "weighted" in result.stdout and "generation" in result.stdout
+    generation = metrics["generation"]
+    # the random tiny model rarely says Yes/No: such answers must count as wrong, never be dropped
+    correct = generation["positive"] * 2 + generation["negative"] * 2
+    assert correct + generation["other"] <= 4
+    assert len(metrics["per_image"]) == 4 and all("generated" in r for r in metrics["per_image"])
 
     listing = run("concepts", "list")
     assert listing.returncode == 0 and "bo" in listing.stdout and "tiny" in listing.stdout

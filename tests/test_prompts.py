@@ -81,3 +81,13 @@ def test_recognition_bank_has_enough_phrasings_and_yes_no_answers():
     assert all(a.startswith("Yes") for a in bank.positive_answers)
     assert all(a.startswith("No") for a in bank.negative_answers)
     assert "<bo>" in bank.eval_prompt("<bo>")
+
+
+def test_generated_answers_are_classified_strictly():
+    from yollava.evaluate import classify_answer
+
+    assert classify_answer("Yes, <bo> is here.") == "yes"
+    assert classify_answer(" no.") == "no"
+    assert classify_answer("Nope") == "other"
+    assert classify_answer("I think yes") == "other"
+    assert classify_answer("") == "other"

@@ -148,3 +148,14 @@ def test_existing_concept_needs_overwrite(tiny_config, image_dirs, tmp_path):
     train_concept(tiny_config, "bo", pos, neg, store=tmp_path, base=build_tiny_base())
     with pytest.raises(YollavaError, match="already exists.*--overwrite"):
         train_concept(tiny_config, "bo", pos, neg, store=tmp_path, base=build_tiny_base())
+
+
+def test_large_negative_folder_is_sampled_with_a_seed(tmp_path, image_dirs):
+    from yollava.data import collect_images
+
+    pos, neg = image_dirs
+    config = load_config(overrides=["data.max_negatives=5"]).data
+    first = collect_images(pos, neg, config)
+    assert len(first.negatives) == 5 and first.negatives == collect_images(pos, neg, config).negatives
+    config.seed = 1
+    assert collect_images(pos, neg, config).negatives != first.negatives

@@ -159,7 +159,7 @@ def evaluate(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concept's own base)"),
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
-    generation: bool = typer.Option(False, "--generation", help="also score greedy answers (non Yes/No counts as wrong)"),
+    generation: bool = typer.Option(True, "--generation/--no-generation", help="also score greedy answers (any answer that is not Yes/No counts as wrong)"),
 ) -> None:
     """Recognition accuracy: the subject's test photos are positives, other subjects' negatives."""
     from yollava.chat import greedy_generate

@@ -12,7 +12,6 @@ import torch
 import transformers
 from transformers import (
     AutoProcessor,
-    AutoTokenizer,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -118,6 +117,20 @@ def _tiny_tokenizer_dir() -> Path:
     return Path(str(resources.files("yollava") / "assets" / "tiny" / "tokenizer"))
 
 
+def tiny_tokenizer() -> Any:
+    """The committed byte-level BPE tokenizer, wrapped the same way on transformers 4.57 and 5.x.
+
+    Built from ``tokenizer.json`` alone (a saved tokenizer_config.json names a class that only
+    exists in 5.x). ``model_input_names`` leaves out token_type_ids, which 4.57's generate rejects.
+    """
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(_tiny_tokenizer_dir() / "tokenizer.json"),
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        model_input_names=["input_ids", "attention_mask"], padding_side="right",
+    )
+
+
 def _clip_image_processor(size: int) -> Any:
     # transformers 5 has a PIL-backed class; 4.57's CLIPImageProcessor is PIL/numpy-based already
     cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
@@ -136,7 +149,7 @@ def build_tiny_base(seed: int = 0, extra_rows: int = 8, hidden_size: int = 64) -
         extra_rows: unused padding rows past the tokenizer.
         hidden_size: language-model width (tests build a second size to check base refusal).
     """
-    tokenizer = AutoTokenizer.from_pretrained(str(_tiny_tokenizer_dir()))
+    tokenizer = tiny_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
