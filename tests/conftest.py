@@ -33,6 +33,12 @@ def make_image(path: Path, colour: tuple[int, int, int], shape: str = "circle", 
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Embedding/download caches go to a per-test folder, never the user's ~/.cache."""
+    monkeypatch.setenv("YOLLAVA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tiny_base():
     """A fresh tiny LLaVA (0.1 s to build; fresh because attaching concepts changes its tokenizer)."""
@@ -53,5 +59,5 @@ def image_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Config:
-    """Config for quick runs on the tiny model: 2 epochs, runs under tmp_path."""
-    return load_config(overrides=["model.name=tiny", "train.epochs=2", f"train.runs_dir={tmp_path / 'runs'}"])
+    """Config for quick runs on the tiny model: 2 epochs, recognition data only, runs under tmp_path."""
+    return load_config(overrides=["model.name=tiny", "train.epochs=2", "data.recipe=recognition", f"train.runs_dir={tmp_path / 'runs'}"])

@@ -41,7 +41,7 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
 def trained(tmp_path, image_dirs, capsys, monkeypatch):
     """A workspace with concept 'bo' trained for 1 epoch on the tiny model."""
     pos, neg = image_dirs
-    code, _, err = run_cli(["train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1"], capsys, monkeypatch, tmp_path)
+    code, _, err = run_cli(["train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1", "data.recipe=recognition"], capsys, monkeypatch, tmp_path)
     assert code == 0, err
     return tmp_path
 
@@ -62,6 +62,11 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     trained = run("train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "2", "train.batch_size=2")
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "concepts" / "bo" / CONCEPT_WEIGHTS).is_file()
+    record = json.loads((tmp_path / "concepts" / "bo" / CONCEPT_JSON).read_text())
+    # the default recipe without retrieval: recognition + conversation data, stored as an HF dataset
+    assert record["training"]["recipe"] == "recognition+conversation"
+    assert 0 < record["training"]["samples"]["conversation"] <= 4 * 10  # 10 questions per positive; empty answers dropped
+    assert (tmp_path / "concepts" / "bo" / "data" / "info.json").is_file()
     runs = list((tmp_path / "runs" / "bo").iterdir())
     assert len(runs) == 1 and (runs[0] / "config.yaml").is_file() and (runs[0] / "metrics.jsonl").is_file()
 
@@ -97,7 +102,7 @@ def test_interactive_chat_repl(trained, image_dirs, capsys, monkeypatch):
 
 def test_chat_without_concept_and_with_two_concepts(trained, image_dirs, capsys, monkeypatch):
     pos, neg = image_dirs
-    code, _, err = run_cli(["train", "--concept", "mam", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1"], capsys, monkeypatch, trained)
+    code, _, err = run_cli(["train", "--concept", "mam", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "1", "--recipe", "recognition"], capsys, monkeypatch, trained)
     assert code == 0, err
     code, out, err = run_cli(["chat", "--concept", "bo", "--concept", "mam", "--prompt", "Are <bo> and <mam> friends?", "--max-new-tokens", "3"], capsys, monkeypatch, trained)
     assert code == 0, err
@@ -123,7 +128,7 @@ def test_config_command_prints_resolved_keys(tmp_path, capsys, monkeypatch):
 
 
 def train_args(pos: Path, *extra: str, name: str = "bo") -> list[str]:
-    return ["train", "--concept", name, "--images", str(pos), "--model", "tiny", "--epochs", "1", *extra]
+    return ["train", "--concept", name, "--images", str(pos), "--model", "tiny", "--epochs", "1", "--recipe", "recognition", *extra]
 
 
 def test_missing_image_dir(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from yollava.concept import (
-    ConceptTokens,
     attach,
     init_concept,
     load_concept,

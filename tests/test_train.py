@@ -64,9 +64,9 @@ def test_run_writes_config_metrics_and_concept(tiny_base, tiny_config, image_dir
     assert record["template_version"]["chat"] == "llava_v1/v1"
 
 
-def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
-    """Epoch 1 scores best here, so the saved rows must be epoch 1's, not the last epoch's."""
-    scores = iter([0.9, 0.1, 0.2])
+def script_scores(monkeypatch, weighted: list[float]) -> None:
+    """Make the per-epoch recognition scores follow ``weighted`` (the tiny model's sit at chance)."""
+    scores = iter(weighted)
     real = train_module._score_training_images
 
     def fake_scores(*args, **kwargs):
@@ -75,6 +75,11 @@ def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, 
         return result
 
     monkeypatch.setattr(train_module, "_score_training_images", fake_scores)
+
+
+def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
+    """Epoch 1 scores best here, so the saved rows must be epoch 1's, not the last epoch's."""
+    script_scores(monkeypatch, [0.9, 0.1, 0.2])
     tiny_config.train.epochs = 3
     pos, neg = image_dirs
     result = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "store", base=tiny_base)
@@ -86,15 +91,7 @@ def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, 
 
 
 def test_early_stop(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
-    scores = iter([0.9, 0.1, 0.2, 0.3])
-    real = train_module._score_training_images
-
-    def fake_scores(*args, **kwargs):
-        result = real(*args, **kwargs)
-        result.weighted = next(scores)
-        return result
-
-    monkeypatch.setattr(train_module, "_score_training_images", fake_scores)
+    script_scores(monkeypatch, [0.9, 0.1, 0.2, 0.3])
     tiny_config.train.epochs = 4
     tiny_config.train.early_stop_patience = 2
     pos, neg = image_dirs

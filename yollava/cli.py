@@ -54,11 +54,45 @@ def _overrides(model: Optional[str], extra: Optional[List[str]], **mapped: Any) 
     return items + list(extra or [])
 
 
+# options shared by train, build-data and retrieve (typer reads them from each signature)
+NEGATIVES_OPT = typer.Option(None, "--negatives", help="folder of negative images (used as they are)")
+POOL_OPT = typer.Option(None, "--pool", help="folder of candidate images to mine hard negatives from")
+INDEX_OPT = typer.Option(None, "--index", help="index folder made by `yollava index build`")
+SERVICE_OPT = typer.Option(None, "--service", help="clip-retrieval back-end URL (laion extra)")
+INDEX_NAME_OPT = typer.Option(None, "--index-name", help="index name on the --service")
+PER_IMAGE_OPT = typer.Option(None, "--per-image", help="hard negatives per positive (default: ~100 in total)")
+EASY_OPT = typer.Option(100, "--easy", help="random (easy) negatives from the pool")
+EMBEDDER_OPT = typer.Option(None, "--embedder", help="image embedder for retrieval (default: LAION ViT-L/14; 'toy' for the toy world)")
+RECIPE_OPT = typer.Option(None, "--recipe", help="auto | recognition | recognition+conversation | full (data.recipe)")
+CATEGORY_OPT = typer.Option(None, "--category", help="auto | person | other: which attribute questions (data.category)")
+
+
+def _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder):
+    from yollava.data import NegativeSource
+
+    if sum(x is not None for x in (pool, index, service)) > 1:
+        raise YollavaError("pass at most one of --pool DIR, --index IDX or --service URL --index-name NAME")
+    if service is not None and not index_name:
+        raise YollavaError("--service needs --index-name NAME (the index served there)")
+    as_str = lambda value: None if value is None else str(value)  # noqa: E731
+    return NegativeSource(folder=as_str(negatives), pool=as_str(pool), index=as_str(index), service=service,
+                          index_name=index_name, per_image=per_image, easy=easy, embedder=embedder)
+
+
 @app.command()
 def train(
     concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo ([a-z0-9][a-z0-9_-]{0,31})"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of photos of the subject (positives)"),
-    negatives: Optional[Path] = typer.Option(None, "--negatives", help="folder of negative images"),
+    negatives: Optional[Path] = NEGATIVES_OPT,
+    pool: Optional[Path] = POOL_OPT,
+    index: Optional[Path] = INDEX_OPT,
+    service: Optional[str] = SERVICE_OPT,
+    index_name: Optional[str] = INDEX_NAME_OPT,
+    per_image: Optional[int] = PER_IMAGE_OPT,
+    easy: int = EASY_OPT,
+    embedder: Optional[str] = EMBEDDER_OPT,
+    recipe: Optional[str] = RECIPE_OPT,
+    category: Optional[str] = CATEGORY_OPT,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys"),
@@ -67,22 +101,62 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this concept"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.lr=5e-4"),
 ) -> None:
-    """Learn a concept's soft prompt from a few photos and save it to the store."""
+    """Learn a concept's soft prompt from a few photos and save it to the store.
+
+    Builds whatever is missing first: hard negatives (with --pool/--index/--service), the training
+    set with conversation data (in <store>/<name>/data), then trains.
+    """
     from yollava.config import load_config
     from yollava.train import train_concept
 
-    cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs}))
+    cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs, "data.recipe": recipe, "data.category": category}))
+    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     try:
-        train_concept(cfg, concept, images, negatives, store=store, overwrite=overwrite, resume=resume, console=err)
+        train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err)
     except KeyboardInterrupt:
         err.print(f"interrupted: the concept store is untouched; continue with `yollava train --concept {concept} --resume`")
         raise typer.Exit(130)
 
 
+@app.command("build-data")
+def build_data(
+    concept: str = typer.Option(..., "--concept", help="concept name"),
+    images: Path = typer.Option(..., "--images", help="folder of photos of the subject (positives)"),
+    negatives: Optional[Path] = NEGATIVES_OPT,
+    pool: Optional[Path] = POOL_OPT,
+    index: Optional[Path] = INDEX_OPT,
+    service: Optional[str] = SERVICE_OPT,
+    index_name: Optional[str] = INDEX_NAME_OPT,
+    per_image: Optional[int] = PER_IMAGE_OPT,
+    easy: int = EASY_OPT,
+    embedder: Optional[str] = EMBEDDER_OPT,
+    recipe: Optional[str] = RECIPE_OPT,
+    category: Optional[str] = CATEGORY_OPT,
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="rebuild even if a matching training set is stored"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides"),
+) -> None:
+    """Build a concept's training set (recognition + conversation samples) as an HF dataset."""
+    from yollava.concept import validate_name
+    from yollava.config import load_config
+    from yollava.data import gather_images, prepare_training_set
+    from yollava.models import load_base
+
+    cfg = load_config(config, _overrides(model, overrides, **{"data.recipe": recipe, "data.category": category}))
+    validate_name(concept)
+    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
+    image_sets = gather_images(concept, images, store, source, cfg.data)
+    base = load_base(cfg.model)
+    samples, info = prepare_training_set(base, concept, image_sets, store, cfg.data, cfg.prompt.template, err, rebuild=overwrite)
+    err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(samples)} samples {info['counts']} in {store / concept / 'data'}")
+
+
 def _load_for_chat(model: Optional[str], concepts: list[str], store: Path):
     """Load the base (the concepts' own base when --model is not given) and attach the concepts."""
     from yollava.concept import load_concept, read_record
-    from yollava.config import ModelConfig, load_config
+    from yollava.config import load_config
     from yollava.models import load_base
 
     records = [read_record(store, name) for name in concepts]
@@ -167,7 +241,7 @@ def evaluate(
     from yollava.forward import FeatureCache
     from yollava.prompts import ChatFormat, RecognitionBank
     from yollava.storage import write_json_atomic
-    from yollava.train import progress_bar
+    from yollava.progress import progress_bar
 
     positives, negatives = yollava_split(data, subject or concept)
     base, artifacts, cfg = _load_for_chat(model, [concept], store)
@@ -192,6 +266,68 @@ def evaluate(
         payload = {"concept": concept, "subject": subject or concept, "data": str(data), **result.summary(), "per_image": result.per_image}
         write_json_atomic(json_path, payload)
         err.print(f"wrote {json_path}")
+
+
+index_app = typer.Typer(no_args_is_help=True, help="Build and extend on-disk image indexes for hard-negative retrieval.")
+app.add_typer(index_app, name="index")
+
+
+@app.command()
+def retrieve(
+    concept: str = typer.Option(..., "--concept", help="concept name"),
+    images: Path = typer.Option(..., "--images", help="folder of photos of the subject (the queries)"),
+    pool: Optional[Path] = POOL_OPT,
+    index: Optional[Path] = INDEX_OPT,
+    service: Optional[str] = SERVICE_OPT,
+    index_name: Optional[str] = INDEX_NAME_OPT,
+    per_image: Optional[int] = PER_IMAGE_OPT,
+    easy: int = EASY_OPT,
+    embedder: Optional[str] = EMBEDDER_OPT,
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    near_duplicate: float = typer.Option(0.95, "--near-duplicate", help="cosine at or above which a candidate counts as the subject itself"),
+    seed: int = typer.Option(0, "--seed", help="seed of the easy-negative sample"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace negatives stored from another request"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding/download cache (default $YOLLAVA_CACHE_DIR or ~/.cache/yollava)"),
+) -> None:
+    """Mine hard negatives (CLIP kNN around each photo) and easy ones into <store>/<name>/negatives/."""
+    from yollava.retrieval.mine import retrieve_negatives
+
+    negatives = retrieve_negatives(
+        concept, images, pool=pool, index=index, service=service, index_name=index_name, per_image=per_image,
+        n_easy=easy, embedder=embedder, store=store, near_duplicate=near_duplicate, seed=seed, overwrite=overwrite,
+        cache_dir=cache_dir,
+    )
+    err.print(f"{len(negatives.hard)} hard and {len(negatives.easy)} easy negatives in {negatives.directory}" + (" (reused)" if negatives.reused else ""))
+
+
+@index_app.command("build")
+def index_build(
+    out: Path = typer.Option(..., "--out", help="index folder to create"),
+    images: Optional[Path] = typer.Option(None, "--images", help="folder of images (searched recursively)"),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="text file with one image path per line"),
+    embedder: Optional[str] = EMBEDDER_OPT,
+    kind: str = typer.Option("flat", "--kind", help="flat (exact) | ivf | ivf-pq (millions of images)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing index"),
+) -> None:
+    """Embed images and write a faiss index with a metadata table of paths."""
+    from yollava.retrieval.index import build_index
+
+    report = build_index(out, embedder, images=images, list_file=list_file, kind=kind, overwrite=overwrite)
+    err.print(f"index {report.path}: {report.header.count} images ({report.header.kind}, {report.header.embedder}); "
+              f"{report.duplicates} duplicates and {len(report.skipped)} unreadable files skipped")
+
+
+@index_app.command("add")
+def index_add(
+    path: Path = typer.Option(..., "--index", help="index folder made by `yollava index build`"),
+    images: Optional[Path] = typer.Option(None, "--images", help="folder of images to add"),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="text file with one image path per line"),
+) -> None:
+    """Add images to an index (same embedder; images already in it are skipped)."""
+    from yollava.retrieval.index import add_to_index
+
+    report = add_to_index(path, images=images, list_file=list_file)
+    err.print(f"index {report.path}: added {report.added}, {report.already_indexed} already indexed, now {report.header.count} images")
 
 
 @concepts_app.command("list")

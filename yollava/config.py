@@ -35,6 +35,28 @@ class InitMethod(str, Enum):
     random = "random"
 
 
+class Recipe(str, Enum):
+    """Which training set to build (the paper's dataset-creation ablation).
+
+    ``recognition``: positives + easy negatives; ``recognition+conversation``: + text-only attribute
+    Q/A; ``full``: + retrieved hard negatives; ``auto``: ``full`` when hard negatives are available,
+    else ``recognition+conversation``.
+    """
+
+    auto = "auto"
+    recognition = "recognition"
+    recognition_conversation = "recognition+conversation"
+    full = "full"
+
+
+class Category(str, Enum):
+    """Which conversation question set a concept gets; ``auto`` asks the base model."""
+
+    auto = "auto"
+    person = "person"
+    other = "other"
+
+
 class Quantization(str, Enum):
     """Optional low-bit loading of the frozen base (needs the ``quant`` extra and a GPU)."""
 
@@ -74,6 +96,9 @@ class DataConfig:
     min_positive_repeats: int = 1
     text_samples: Optional[str] = None  # jsonl/json file or HF dataset dir of text-only {question, answer}
     hflip: bool = False  # add a horizontally flipped variant of every positive
+    recipe: Recipe = Recipe.auto
+    category: Category = Category.auto
+    conversation_max_new_tokens: int = 64  # length cap of the base model's attribute answers
     seed: int = 0
 
 

@@ -6,14 +6,14 @@ import json
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from yollava.config import DataConfig
+from yollava.config import Category, DataConfig, Recipe
 from yollava.errors import YollavaError
-from yollava.images import scan_image_dir
+from yollava.images import file_sha256, scan_image_dir
 from yollava.prompts import RecognitionBank
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Sample:
     image: str | None = None
     variant: str = ""
     source: str = ""
+    provenance: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,11 +46,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class ImageSets:
-    """The images a concept trains on: positives and negatives (hard ones first when known)."""
+    """The images a concept trains on: positives and negatives (hard ones first when known).
+
+    ``origin`` maps a stored negative file to where it came from (original path or URL).
+    """
 
     positives: list[str]
     negatives_hard: list[str]
     negatives_easy: list[str]
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def negatives(self) -> list[str]:
@@ -100,7 +105,7 @@ def recognition_samples(images: ImageSets, identifier: str, bank: RecognitionBan
     for kind, paths in ((SampleKind.recognition_negative_hard, images.negatives_hard), (SampleKind.recognition_negative_easy, images.negatives_easy)):
         for path in paths:
             question, answer = bank.sample(rng, identifier, positive=False)
-            samples.append(Sample(question, answer, kind.value, path, source=path))
+            samples.append(Sample(question, answer, kind.value, path, source=images.origin.get(path, path)))
     return samples
 
 
@@ -157,3 +162,300 @@ def summarize(samples: Sequence[Sample]) -> dict[str, int]:
     for sample in samples:
         counts[sample.kind] = counts.get(sample.kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------------------- conversation data
+
+
+@dataclass(frozen=True)
+class ConversationBank:
+    """Attribute questions per category with the stand-in name (templates/conversation.yaml)."""
+
+    category_question: str
+    stand_in: dict[str, str]
+    aliases: dict[str, tuple[str, ...]]
+    questions: dict[str, tuple[str, ...]]
+    version: int
+
+    @classmethod
+    def load(cls, name: str = "conversation") -> "ConversationBank":
+        from yollava.prompts import load_template
+
+        data = load_template(name)
+        cats = ("person", "other")
+        return cls(
+            category_question=data["category_question"],
+            stand_in={c: data[c]["stand_in"] for c in cats},
+            aliases={c: tuple(sorted(data[c]["aliases"], key=len, reverse=True)) for c in cats},
+            questions={c: tuple(data[c]["questions"]) for c in cats},
+            version=int(data["version"]),
+        )
+
+    def personalize(self, text: str, category: str, identifier: str) -> str:
+        """Replace the stand-in (and its spellings) by the identifier, longest spelling first."""
+        for alias in self.aliases[category]:
+            text = text.replace(alias, identifier)
+        return text
+
+
+def detect_category(base: Any, positives: Sequence[str], bank: ConversationBank, template: str) -> str:
+    """"person" or "other": the base model's Yes/No verdict on each positive, majority vote."""
+    from yollava.evaluate import RecognitionScorer
+    from yollava.forward import FeatureCache
+    from yollava.prompts import ChatFormat
+
+    scorer = RecognitionScorer(base, ChatFormat.load(template), "", bank.category_question, FeatureCache(base))
+    votes = [lp_yes > lp_no for lp_yes, lp_no in scorer.p_yes(list(positives))]
+    return "person" if sum(votes) * 2 > len(votes) else "other"
+
+
+def conversation_samples(
+    base: Any, positives: Sequence[str], identifier: str, category: str, bank: ConversationBank,
+    template: str, max_new_tokens: int, progress: Callable[[int], None] | None = None,
+) -> list[Sample]:
+    """Ask the base model every attribute question about every positive, then store it text-only.
+
+    The model sees the photo and a neutral stand-in name ("Riley" / "this subject"); the stand-in is
+    replaced by the identifier in question and answer, and the sample is stored without the photo.
+    """
+    from yollava.chat import greedy_generate
+    from yollava.forward import FeatureCache, ImageRef
+    from yollava.prompts import ChatFormat, Turn, encode, render
+
+    fmt = ChatFormat.load(template)
+    cache = FeatureCache(base)
+    stand_in = bank.stand_in[category]
+    samples = []
+    for path in positives:
+        for question in bank.questions[category]:
+            asked = question.replace("{name}", stand_in)
+            segments = render(fmt, [Turn(asked, None, images=1)], base.tokenizer.eos_token)
+            ids = encode(base.tokenizer, segments, base.image_token_id, base.num_image_tokens).input_ids
+            answer = greedy_generate(base, ids, [ImageRef(path)], cache, max_new_tokens)
+            if not answer:
+                continue  # an empty answer teaches nothing; it is counted in the summary
+            samples.append(Sample(
+                question=question.replace("{name}", identifier),
+                answer=bank.personalize(answer, category, identifier),
+                kind=SampleKind.conversation.value,
+                source=path,
+                provenance=f"answered by {base.model_id} looking at {Path(path).name} as '{stand_in}'",
+            ))
+            if progress:
+                progress(1)
+    return samples
+
+
+# ----------------------------------------------------------------------------- stored training set
+
+DATA_FEATURES = {
+    "image": "string", "question": "string", "answer": "string", "kind": "string",
+    "variant": "string", "source": "string", "provenance": "string",
+}
+
+
+def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any]) -> Path:
+    """Store samples as an HF dataset at ``folder`` (+ ``info.json``), replacing it atomically.
+
+    Written into a sibling temp folder first; the old folder is swapped out only once the new one is
+    complete, so a crash leaves either the old or the new set, never a mix.
+    """
+    import shutil
+    import tempfile
+
+    from datasets import Dataset, Features, Value
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    features = Features({key: Value(kind) for key, kind in DATA_FEATURES.items()})
+    rows = [{key: getattr(s, key) for key in DATA_FEATURES} for s in samples]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        Dataset.from_list(rows, features=features).save_to_disk(str(tmp / "dataset"))
+        (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]:
+    """Read a stored training set (samples, info).
+
+    Raises:
+        YollavaError: missing or damaged folder.
+    """
+    from datasets import load_from_disk
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+        dataset = load_from_disk(str(folder / "dataset"))
+    except Exception as exc:  # datasets/json raise several classes for a damaged folder
+        raise YollavaError(f"{folder}: damaged training set ({exc.__class__.__name__}); rebuild it with `yollava build-data ... --overwrite`") from exc
+    return [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset], info
+
+
+# ----------------------------------------------------------------------------- building it all
+
+
+@dataclass
+class NegativeSource:
+    """Where a concept's negatives come from: a plain folder and/or retrieval (pool, index or service)."""
+
+    folder: str | None = None
+    pool: str | None = None
+    index: str | None = None
+    service: str | None = None
+    index_name: str | None = None
+    per_image: int | None = None
+    easy: int = 100
+    embedder: str | None = None
+
+    @property
+    def retrieval(self) -> bool:
+        return any(x is not None for x in (self.pool, self.index, self.service))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gather_images(name: str, images_dir: str | Path, store: str | Path, source: NegativeSource, config: DataConfig) -> ImageSets:
+    """Positives from ``images_dir``; negatives retrieved now, or stored by an earlier ``yollava retrieve``, plus a folder.
+
+    Raises:
+        YollavaError: bad folders, retrieval failures (one line each).
+    """
+    base_sets = collect_images(images_dir, source.folder, config)
+    hard: list[str] = []
+    easy: list[str] = []
+    origin: dict[str, str] = {}
+    negative_set = None
+    if source.retrieval:
+        from yollava.retrieval.mine import retrieve_negatives
+
+        negative_set = retrieve_negatives(
+            name, images_dir, pool=source.pool, index=source.index, service=source.service, index_name=source.index_name,
+            per_image=source.per_image, n_easy=source.easy, embedder=source.embedder, store=store, seed=config.seed,
+        )
+    else:
+        from yollava.retrieval.mine import RETRIEVAL_FILE, negatives_dir, read_negatives
+
+        if (negatives_dir(store, name) / RETRIEVAL_FILE).is_file():
+            negative_set = read_negatives(name, store)
+            log.info("using the %d negatives stored by `yollava retrieve` in %s", len(negative_set.records), negative_set.directory)
+    if negative_set is not None:
+        for record in negative_set.records:
+            path = str(negative_set.directory / record.file)
+            origin[path] = record.source
+            (hard if record.kind == "hard" else easy).append(path)
+    return ImageSets(base_sets.positives, hard, easy + base_sets.negatives_easy, origin)
+
+
+def resolve_recipe(recipe: Recipe, images: ImageSets) -> Recipe:
+    """``auto`` → ``full`` with hard negatives, else ``recognition+conversation``.
+
+    Raises:
+        YollavaError: ``full`` without hard negatives.
+    """
+    if recipe == Recipe.auto:
+        return Recipe.full if images.negatives_hard else Recipe.recognition_conversation
+    if recipe == Recipe.full and not images.negatives_hard:
+        raise YollavaError(
+            "recipe 'full' needs retrieved hard negatives: pass --pool DIR, --index IDX or --service URL --index-name NAME "
+            "(or run `yollava retrieve` first), or choose --recipe recognition+conversation"
+        )
+    return recipe
+
+
+def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataConfig) -> dict[str, Any]:
+    """What a stored training set was built from; a stored set is reused only when this matches."""
+    text = config.text_samples
+    return {
+        "name": name,
+        "recipe": recipe.value,
+        "category": config.category.value,
+        "positives": sorted(file_sha256(p) for p in images.positives),
+        "negatives_hard": sorted(images.negatives_hard) if recipe == Recipe.full else [],
+        "negatives_easy": sorted(images.negatives_easy),
+        "positive_ratio": config.positive_ratio,
+        "hflip": config.hflip,
+        "seed": config.seed,
+        "text_samples": None if not text else {"path": str(text), "sha256": file_sha256(text) if Path(text).is_file() else None},
+    }
+
+
+def build_training_set(
+    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str = "llava_v1",
+    rebuild: bool = False, progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+) -> tuple[list[Sample], dict[str, Any]]:
+    """Build (or reuse) ``<store>/<name>/data/``: recognition samples, conversation samples, text samples.
+
+    Args:
+        base: the frozen base (answers the conversation questions; identifies the category).
+        name: concept name.
+        images: positives and negatives from :func:`gather_images`.
+        store: concept store.
+        config: data settings (recipe, category, balance, seed).
+        template: chat format name.
+        rebuild: ignore a stored set even if it matches.
+        progress / on_total: progress callbacks for the conversation generation.
+
+    Returns:
+        (samples, info) where info records the key, resolved recipe and category, and counts.
+    """
+    from yollava.concept import ConceptTokens, concept_dir
+    from yollava.prompts import RecognitionBank
+
+    recipe = resolve_recipe(config.recipe, images)
+    key = training_set_key(name, images, recipe, config)
+    folder = concept_dir(store, name) / "data"
+    if folder.is_dir() and not rebuild:
+        try:
+            samples, info = load_training_set(folder)
+        except YollavaError as exc:
+            log.warning("%s; rebuilding it", exc)
+        else:
+            if info.get("key") == key:
+                log.info("reusing the training set in %s (%d samples)", folder, len(samples))
+                return samples, info
+            log.info("the training set in %s was built from other inputs; rebuilding it", folder)
+    identifier = ConceptTokens(name, 0).identifier
+    kept = images if recipe == Recipe.full else ImageSets(images.positives, [], images.negatives_easy, images.origin)
+    samples = recognition_samples(kept, identifier, RecognitionBank.load(), config)
+    category = None
+    if recipe in (Recipe.recognition_conversation, Recipe.full):
+        bank = ConversationBank.load()
+        category = config.category.value if config.category != Category.auto else detect_category(base, images.positives, bank, template)
+        if on_total:
+            on_total(len(images.positives) * len(bank.questions[category]))
+        samples += conversation_samples(base, images.positives, identifier, category, bank, template, config.conversation_max_new_tokens, progress)
+    if config.text_samples:
+        samples += load_text_samples(config.text_samples, identifier)
+    info = {
+        "key": key, "recipe": recipe.value, "category": category, "counts": summarize(samples),
+        "base_model": getattr(base, "model_id", None), "format_version": 1,
+    }
+    save_training_set(samples, folder, info)
+    return samples, info
+
+
+def prepare_training_set(
+    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str,
+    console: Any, rebuild: bool = False,
+) -> tuple[list[Sample], dict[str, Any]]:
+    """:func:`build_training_set` with a progress bar (conversation generation is the slow part)."""
+    from yollava.progress import progress_bar
+
+    with progress_bar(console) as progress:
+        task = progress.add_task("conversation data", total=None, info="")
+        return build_training_set(
+            base, name, images, store, config, template, rebuild=rebuild,
+            progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
+        )

@@ -179,7 +179,19 @@ def build_tiny_base(seed: int = 0, extra_rows: int = 8, hidden_size: int = 64) -
     )
 
 
-BUILDERS: dict[str, Callable[[], Base]] = {TINY: build_tiny_base}
+TOY = "toy"
+
+
+def build_toy_base() -> Base:
+    """The toy world's pretrained LLaVA (shipped in the package; see yollava/toyworld/llava.py)."""
+    try:
+        from yollava.toyworld.llava import load_toy_base
+    except ImportError as exc:
+        raise YollavaError(f"the toy LLaVA is not available in this install ({exc}); use --model tiny") from exc
+    return load_toy_base()
+
+
+BUILDERS: dict[str, Callable[[], Base]] = {TINY: build_tiny_base, TOY: build_toy_base}
 
 
 def _quantization_config(kind: Quantization, device: str) -> Any:

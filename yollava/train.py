@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import yollava
 from yollava.concept import (
@@ -24,12 +23,13 @@ from yollava.concept import (
     validate_name,
 )
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
-from yollava.data import Sample, collect_images, load_text_samples, recognition_samples, summarize
+from yollava.data import NegativeSource, Sample, gather_images, prepare_training_set, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate import RecognitionResult, recognition_accuracy
-from yollava.forward import Batch, FeatureCache, ImageRef, collate, reference_loss, supervised_loss
+from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
 from yollava.images import file_sha256
 from yollava.models import Base, load_base
+from yollava.progress import progress_bar
 from yollava.prompts import ChatFormat, RecognitionBank, Turn, encode, load_template, render
 from yollava.storage import (
     CHECKPOINT_JSON,
@@ -65,14 +65,6 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     images: list[ImageRef]
-
-
-def progress_bar(console: Console) -> Progress:
-    """The bar every long loop uses: description, bar, count, elapsed, ETA, and a free-text field."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=False,
-    )
 
 
 def encode_samples(base: Base, fmt: ChatFormat, prefix: str, samples: Sequence[Sample], max_length: int) -> list[EncodedSample]:
@@ -146,7 +138,7 @@ def train_concept(
     config: Config,
     name: str,
     images_dir: str | Path | None,
-    negatives_dir: str | Path | None = None,
+    negatives: NegativeSource | str | Path | None = None,
     store: str | Path = "concepts",
     overwrite: bool = False,
     resume: bool = False,
@@ -159,7 +151,8 @@ def train_concept(
         config: the resolved configuration (ignored on ``resume``: the run's own config.yaml wins).
         name: concept name (``[a-z0-9][a-z0-9_-]{0,31}``).
         images_dir: folder of positive photos (on ``resume`` it may be None: the run's is used).
-        negatives_dir: optional folder of negatives (sampled down to ``data.max_negatives``).
+        negatives: a folder of negatives (sampled down to ``data.max_negatives``) or a
+            :class:`NegativeSource` that also names a retrieval pool, index or service.
         store: concept store; the concept there is replaced only when the run finishes.
         overwrite: allow replacing an existing concept.
         resume: continue the newest unfinished run of this concept from its last checkpoint.
@@ -180,7 +173,7 @@ def train_concept(
         run_dir = find_resumable_run(runs_dir, name)
         state = json.loads((run_dir / CHECKPOINT_JSON).read_text())
         config = load_config(base=run_dir / RUN_CONFIG)
-        images_dir, negatives_dir = state["images_dir"], state["negatives_dir"]
+        images_dir, negatives = state["images_dir"], NegativeSource(**state["negatives"])
         overwrite = overwrite or state["overwrite"]
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
     if images_dir is None:
@@ -188,9 +181,11 @@ def train_concept(
     target = concept_dir(store, name)
     if (target / CONCEPT_JSON).exists() and not overwrite:
         raise YollavaError(f"concept '{name}' already exists in {Path(store)}; pass --overwrite to replace it or pick another name")
-    image_sets = collect_images(images_dir, negatives_dir, config.data)
+    if not isinstance(negatives, NegativeSource):
+        negatives = NegativeSource(folder=None if negatives is None else str(negatives))
+    image_sets = gather_images(name, images_dir, store, negatives, config.data)
     if not image_sets.negatives:
-        log.warning("no negatives: the concept will learn to answer Yes to everything; pass --negatives DIR")
+        log.warning("no negatives: the concept will learn to answer Yes to everything; pass --negatives DIR or --pool DIR")
 
     if base is None:
         console.print(f"loading base model {config.model.name} ...")
@@ -201,9 +196,7 @@ def train_concept(
     identifier = params.tokens.identifier
     fmt = ChatFormat.load(config.prompt.template)
     bank = RecognitionBank.load()
-    samples = recognition_samples(image_sets, identifier, bank, config.data)
-    if config.data.text_samples:
-        samples += load_text_samples(config.data.text_samples, identifier)
+    samples, data_info = prepare_training_set(base, name, image_sets, store, config.data, config.prompt.template, console)
     encoded = encode_samples(base, fmt, params.tokens.soft_prompt, samples, config.train.max_length)
 
     if not resume:
@@ -264,7 +257,7 @@ def train_concept(
             if result.weighted > best["weighted"]:
                 best = {"epoch": epoch + 1, **result.summary(), "loss": record["loss"]}
                 best_rows = {"embed_rows": params.embed_rows.detach().clone(), "head_rows": params.head_rows.detach().clone()}
-            _checkpoint(run_dir, params, best_rows, optimizer, epoch + 1, best, history, images_dir, negatives_dir, overwrite)
+            _checkpoint(run_dir, params, best_rows, optimizer, epoch + 1, best, history, images_dir, negatives, overwrite)
             progress.update(epochs_task, advance=1, info=f"loss {record['loss']:.4f} weighted {result.weighted:.3f} (best {best['weighted']:.3f} @ {best['epoch']})")
             if patience and epoch + 1 - best["epoch"] >= patience:
                 console.print(f"early stop: no improvement for {patience} epochs")
@@ -277,6 +270,9 @@ def train_concept(
             "positives": _image_records(image_sets.positives),
             "negatives": _image_records(image_sets.negatives),
             "samples": summarize(samples),
+            "recipe": data_info["recipe"],
+            "category": data_info["category"],
+            "negatives_source": negatives.to_dict(),
             "epochs_run": len(history),
             "best_epoch": best["epoch"],
             "metrics": best,
@@ -328,7 +324,7 @@ def _positives_only(base, fmt, params, question, positives, cache, progress) -> 
     return RecognitionResult(positive=pos, negative=0.0, weighted=pos, n_positive=len(positives), n_negative=0, yes_rate=pos)
 
 
-def _checkpoint(run_dir, params, best_rows, optimizer, epoch, best, history, images_dir, negatives_dir, overwrite) -> None:
+def _checkpoint(run_dir, params, best_rows, optimizer, epoch, best, history, images_dir, negatives, overwrite) -> None:
     tensors, groups = _optimizer_state(optimizer)
     tensors.update(
         embed_rows=params.embed_rows, head_rows=params.head_rows,
@@ -337,6 +333,6 @@ def _checkpoint(run_dir, params, best_rows, optimizer, epoch, best, history, ima
     save_tensors_atomic(run_dir / CHECKPOINT_WEIGHTS, tensors)
     write_json_atomic(run_dir / CHECKPOINT_JSON, {
         "epoch": epoch, "best": best, "history": history, "param_groups": groups,
-        "images_dir": str(images_dir), "negatives_dir": None if negatives_dir is None else str(negatives_dir),
+        "images_dir": str(images_dir), "negatives": negatives.to_dict(),
         "overwrite": overwrite,
     })
