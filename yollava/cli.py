@@ -268,6 +268,26 @@ def evaluate(
         err.print(f"wrote {json_path}")
 
 
+toy_app = typer.Typer(no_args_is_help=True, help="The toy world: a procedural personalization benchmark that runs on a CPU.")
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("generate")
+def toy_generate(
+    out: Path = typer.Option(..., "--out", help="benchmark folder to create (Yo'LLaVA layout)"),
+    concepts: int = typer.Option(20, "--concepts", help="number of personal concepts"),
+    seed: int = typer.Option(0, "--seed", help="world seed (same seed, same bytes)"),
+    pool: int = typer.Option(20000, "--pool", help="images in the negative pool"),
+    image_size: int = typer.Option(64, "--image-size", help="image side in pixels"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing benchmark folder"),
+) -> None:
+    """Write the toy benchmark: concepts with train/test photos, lookalikes, a negative pool, QA files."""
+    from yollava.toyworld.benchmark import generate_benchmark
+
+    folder = generate_benchmark(out, n_concepts=concepts, seed=seed, pool_size=pool, image_size=image_size, overwrite=overwrite)
+    err.print(f"wrote the toy benchmark to {folder}")
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Build and extend on-disk image indexes for hard-negative retrieval.")
 app.add_typer(index_app, name="index")
 

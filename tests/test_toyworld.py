@@ -1,0 +1,225 @@
+"""Toy world: determinism, scene graphs, lookalikes, pool exclusion, benchmark layout and QA balance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yollava.errors import YollavaError
+from yollava.toyworld import benchmark as bench
+from yollava.toyworld.benchmark import generate_benchmark, plan_benchmark
+from yollava.toyworld.render import render_scene
+from yollava.toyworld.world import (
+    ATTRIBUTES,
+    FINE_ATTRIBUTES,
+    Scene,
+    Subject,
+    caption,
+    describe_subject,
+    item_rng,
+    sample_scene,
+    sample_subject,
+    split_words,
+    variant,
+    vocabulary,
+)
+
+TINY = {"n_concepts": 3, "seed": 7, "pool_size": 50, "progress": False}
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _concept_subjects(root: Path, names: list[str]) -> dict[str, Subject]:
+    return {n: Subject.from_dict(json.loads((root / n / bench.SUBJECT_FILE).read_text())) for n in names}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return generate_benchmark(tmp_path_factory.mktemp("toy") / "bench", **TINY)
+
+
+@pytest.fixture(scope="module")
+def summary(tiny) -> dict:
+    return json.loads((tiny / bench.BENCHMARK_FILE).read_text())
+
+
+def test_same_seed_gives_identical_bytes(tiny, tmp_path):
+    again = generate_benchmark(tmp_path / "again", **TINY)
+    assert _tree_digest(again) == _tree_digest(tiny)
+    other = generate_benchmark(tmp_path / "other", **{**TINY, "seed": 8})
+    assert _tree_digest(other) != _tree_digest(tiny)
+
+
+def test_layout_and_counts(tiny, summary):
+    assert summary["concepts"] and len(summary["concepts"]) == 3
+    assert summary["counts"]["concept_images"] == 60 and summary["counts"]["pool_images"] == 50
+    assert summary["counts"]["qa_text"] == 3 * 13 and summary["counts"]["qa_visual"] > 0
+    for name in summary["concepts"]:
+        assert re.fullmatch(r"[a-z0-9_-]+", name)
+        folder = tiny / name
+        for split in ("train", "test"):
+            images = sorted((folder / split).iterdir())
+            assert len(images) == 10 and all(p.suffix == ".png" for p in images)
+        for file_name in (bench.SUBJECT_FILE, bench.SCENES_FILE, bench.QA_TEXT_FILE, bench.QA_VISUAL_FILE):
+            assert (folder / file_name).is_file()
+    pool = sorted((tiny / "pool").glob("*.png"))
+    assert len(pool) == 50
+    with Image.open(pool[0]) as image:
+        assert image.size == (64, 64) and image.mode == "RGB"
+    assert len(_read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE)) == 50
+    assert not list(tiny.parent.glob("*.tmp-*"))
+
+
+def test_scene_graphs_match_attributes_and_pixels(tiny, summary):
+    for name in summary["concepts"]:
+        subject = json.loads((tiny / name / bench.SUBJECT_FILE).read_text())
+        records = _read_jsonl(tiny / name / bench.SCENES_FILE)
+        assert len(records) == 20
+        for record in records:
+            main = record["scene"]["subjects"][0]
+            assert {k: main[k] for k in ATTRIBUTES} == {k: subject[k] for k in ATTRIBUTES}
+        scene = Scene.from_dict(records[-1]["scene"])
+        with Image.open(tiny / name / records[-1]["path"]) as image:
+            assert np.array_equal(np.asarray(image), np.asarray(render_scene(scene)))
+    for record in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE)[:10]:
+        assert record["attributes"] == {k: v for k, v in record["scene"]["subjects"][0].items() if k != "box"}
+        for placed in record["scene"]["subjects"]:
+            x0, y0, x1, y1 = placed["box"]
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+
+
+def test_any_image_regenerates_from_seed_and_index(tiny, summary):
+    plan = plan_benchmark(3, 7, 50)
+    with Image.open(tiny / "pool" / "00042.png") as image:
+        assert np.array_equal(np.asarray(image), np.asarray(render_scene(plan.pool_item(42).scene)))
+    name = summary["concepts"][1]
+    with Image.open(tiny / name / "test" / "004.png") as image:
+        assert np.array_equal(np.asarray(image), np.asarray(render_scene(plan.concept_scene(name, "test", 4))))
+
+
+def test_lookalikes_differ_in_exactly_one_fine_attribute(tiny, summary):
+    assert summary["lookalikes"], "the benchmark must contain concept lookalikes"
+    for link in summary["lookalikes"]:
+        a = Subject.from_dict(json.loads((tiny / link["concept"] / bench.SUBJECT_FILE).read_text()))
+        b = Subject.from_dict(json.loads((tiny / link["lookalike_of"] / bench.SUBJECT_FILE).read_text()))
+        assert a.differences(b) == [link["differs_in"]] and link["differs_in"] in FINE_ATTRIBUTES
+    concepts = _concept_subjects(tiny, summary["concepts"])
+    planted = [r for r in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE) if r["lookalike_of"]]
+    assert planted
+    for record in planted:
+        planted_subject = Subject.from_dict(record["attributes"])
+        assert concepts[record["lookalike_of"]].differences(planted_subject) == [record["differs_in"]]
+
+
+def test_default_benchmark_has_lookalikes_across_fine_attributes():
+    plan = plan_benchmark(20, 0, 200)
+    kinds = Counter(c.differs_in for c in plan.concepts if c.lookalike_of)
+    assert sum(kinds.values()) == 6 and set(kinds) == set(FINE_ATTRIBUTES)
+    assert len({c.subject.family for c in plan.concepts}) == 6
+    assert len(plan.identities) == 20
+
+
+def test_pool_and_distractors_never_show_a_concept_identity(tiny, summary):
+    identities = set(_concept_subjects(tiny, summary["concepts"]).values())
+    for record in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE):
+        assert not {Subject.from_dict(s) for s in record["scene"]["subjects"]} & identities
+    for name in summary["concepts"]:
+        for record in _read_jsonl(tiny / name / bench.SCENES_FILE):
+            assert not {Subject.from_dict(s) for s in record["scene"]["subjects"][1:]} & identities
+
+
+def test_qa_answers_balanced_and_in_vocabulary(tiny, summary):
+    words = set(vocabulary())
+    totals: Counter = Counter()
+    for name in summary["concepts"]:
+        for file_name in (bench.QA_TEXT_FILE, bench.QA_VISUAL_FILE):
+            qa = json.loads((tiny / name / file_name).read_text())
+            assert qa["identifier"] == f"<{name}>"
+            per_count: dict[int, Counter] = {}
+            for q in qa["questions"]:
+                assert len(q["options"]) in (2, 4) and len(set(q["options"])) == len(q["options"])
+                assert 0 <= q["answer"] < len(q["options"])
+                assert f"<{name}>" in q["question"]
+                assert set(split_words(q["question"].replace(f"<{name}>", ""))) <= words
+                assert set(q["options"]) <= words
+                per_count.setdefault(len(q["options"]), Counter())[q["answer"]] += 1
+                totals[(len(q["options"]), q["answer"])] += 1
+            for n_options, positions in per_count.items():
+                counts = [positions[p] for p in range(n_options)]
+                assert max(counts) - min(counts) <= 1, (file_name, counts)
+    text = json.loads((tiny / summary["concepts"][0] / bench.QA_TEXT_FILE).read_text())
+    subject = json.loads((tiny / summary["concepts"][0] / bench.SUBJECT_FILE).read_text())
+    for q in text["questions"]:
+        assert q["options"][q["answer"]] == subject[q["attribute"]]
+
+
+def test_text_qa_uses_lookalike_value_as_distractor(tiny, summary):
+    link = summary["lookalikes"][0]
+    partner = json.loads((tiny / link["lookalike_of"] / bench.SUBJECT_FILE).read_text())
+    qa = json.loads((tiny / link["concept"] / bench.QA_TEXT_FILE).read_text())
+    asked = [q for q in qa["questions"] if q["attribute"] == link["differs_in"]]
+    assert asked and all(partner[link["differs_in"]] in q["options"] for q in asked)
+
+
+def test_captions_and_descriptions_use_only_vocabulary_words():
+    words = set(vocabulary())
+    assert len(words) < 100
+    for i in range(300):
+        rng = item_rng(0, "vocab-test", i)
+        scene = sample_scene(rng, sample_subject(rng), n_distractors=rng.randint(0, 3))
+        assert set(split_words(caption(scene))) <= words
+        assert caption(scene).startswith(describe_subject(scene.main.subject))
+
+
+def test_variant_changes_exactly_one_attribute():
+    rng = item_rng(0, "variant-test", 0)
+    for _ in range(200):
+        subject = sample_subject(rng, with_accessory=True)
+        for attribute in ATTRIBUTES:
+            assert subject.differences(variant(subject, attribute, rng)) == [attribute]
+    with pytest.raises(YollavaError):
+        variant(Subject("pet", "round", "red", "plain", "none", None, "small"), "accessory_color", rng)
+
+
+def test_image_size_is_a_parameter_and_subjects_are_validated(tmp_path):
+    rng = item_rng(0, "size-test", 0)
+    scene = sample_scene(rng, sample_subject(rng), image_size=96, n_distractors=3)
+    assert render_scene(scene).size == (96, 96)
+    with pytest.raises(YollavaError):
+        sample_scene(rng, sample_subject(rng), image_size=16)
+    with pytest.raises(YollavaError):
+        Subject("dragon", "round", "red", "plain", "none", None, "small")
+    with pytest.raises(YollavaError):
+        Subject("pet", "round", "red", "plain", "hat", "red", "small")
+
+
+def test_existing_output_is_refused_and_failures_leave_nothing(tiny, tmp_path, monkeypatch):
+    with pytest.raises(YollavaError, match="already exists"):
+        generate_benchmark(tiny, **TINY)
+    calls = {"n": 0}
+    real = bench._save_png
+
+    def failing(scene, path):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise RuntimeError("disk full")
+        real(scene, path)
+
+    monkeypatch.setattr(bench, "_save_png", failing)
+    with pytest.raises(RuntimeError):
+        generate_benchmark(tmp_path / "broken", **TINY)
+    assert list(tmp_path.iterdir()) == []
