@@ -51,6 +51,7 @@ def test_run_writes_config_metrics_and_concept(tiny_base, tiny_config, image_dir
     result = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "store", base=tiny_base)
     assert (result.run_dir / RUN_CONFIG).read_text().count("epochs: 2") == 1
     assert (result.run_dir / RUN_DONE).exists()
+    assert (result.run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [json.loads(line) for line in (result.run_dir / RUN_METRICS).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert all(0.0 <= line["weighted"] <= 1.0 and line["n_positive"] == 4 and line["n_negative"] == 8 for line in lines)

@@ -29,6 +29,7 @@ from yollava.evaluate import RecognitionResult, recognition_accuracy
 from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
 from yollava.images import file_sha256
 from yollava.models import Base, load_base
+from yollava.plots import plot_training_history
 from yollava.progress import progress_bar
 from yollava.prompts import ChatFormat, RecognitionBank, Turn, encode, load_template, render
 from yollava.storage import (
@@ -38,6 +39,7 @@ from yollava.storage import (
     RUN_CONFIG,
     RUN_DONE,
     RUN_METRICS,
+    RUN_PLOT,
     RUN_SAMPLES,
     append_jsonl,
     load_tensors,
@@ -284,6 +286,7 @@ def train_concept(
         },
         "template_version": {"chat": f"{fmt.name}/v{fmt.version}", "recognition": f"recognition/v{load_template('recognition')['version']}"},
     }
+    plot_training_history(history, run_dir / RUN_PLOT, title=f"<{name}>")
     # the final concept is written only now, so a crash or Ctrl-C above never touches it
     folder = _save_final(final, base, store, summary)
     write_text_atomic(run_dir / RUN_DONE, str(folder) + "\n")
