@@ -15,11 +15,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from yollava.config import Config, load_config
 from yollava.models import build_tiny_base
+
+
+class QuadrantColours:
+    """Test encoder: the mean colour of each image quadrant (12-d), so embeddings can be built as pictures."""
+
+    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(batch, 2).permute(0, 2, 3, 1).flatten(1)
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.resize((16, 16), Image.NEAREST), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def make_image(path: Path, colour: tuple[int, int, int], shape: str = "circle", size: int = 48) -> Path:

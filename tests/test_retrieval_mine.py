@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import QuadrantColours, preprocess
 from yollava.errors import YollavaError
 from yollava.retrieval.embed import Embedder
 from yollava.retrieval.index import FolderBackend, build_index, load_index
@@ -24,18 +24,6 @@ from yollava.retrieval.mine import (
     retrieve_hard_negatives,
     retrieve_negatives,
 )
-
-
-class QuadrantColours:
-    """Test encoder: the mean colour of each image quadrant (12-d), so embeddings can be built as pictures."""
-
-    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(batch, 2).permute(0, 2, 3, 1).flatten(1)
-
-
-def preprocess(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.resize((16, 16), Image.NEAREST), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def colour_embedder() -> Embedder:
