@@ -59,7 +59,7 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*exe, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
-    trained = run("train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "2", "train.batch_size=2")
+    trained = run("train", "--concept", "bo", "--images", str(pos), "--negatives", str(neg), "--model", "tiny", "--epochs", "2", "train.batch_size=2", "data.conversation_max_new_tokens=8")
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "concepts" / "bo" / CONCEPT_WEIGHTS).is_file()
     record = json.loads((tmp_path / "concepts" / "bo" / CONCEPT_JSON).read_text())
