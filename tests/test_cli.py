@@ -229,3 +229,26 @@ def test_chat_image_that_is_not_an_image(trained, capsys, monkeypatch):
 def test_resume_without_a_run(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["train", "--concept", "bo", "--resume", "--model", "tiny"], capsys, monkeypatch, tmp_path)
     assert_user_error(code, err, "no unfinished run")
+
+
+def test_full_recipe_without_hard_negatives_fails_before_loading_the_model(tmp_path, image_dirs, capsys, monkeypatch):
+    import yollava.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the base model must not be loaded for a request that cannot work")
+
+    monkeypatch.setattr(yollava.models, "load_base", no_load)
+    monkeypatch.setattr("yollava.train.load_base", no_load)
+    code, _, err = run_cli(["build-data", "--concept", "bo", "--images", str(image_dirs[0]), "--recipe", "full", "--model", "tiny"], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "recipe 'full' needs retrieved hard negatives")
+    code, _, err = run_cli(["train", "--concept", "bo", "--images", str(image_dirs[0]), "--recipe", "full", "--model", "tiny"], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "recipe 'full' needs retrieved hard negatives")
+
+
+def test_retrieval_options_are_checked(tmp_path, image_dirs, capsys, monkeypatch):
+    code, _, err = run_cli(train_args(image_dirs[0], "--pool", str(tmp_path), "--index", str(tmp_path)), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "at most one of --pool")
+    code, _, err = run_cli(train_args(image_dirs[0], "--service", "http://127.0.0.1:9"), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "--service needs --index-name")
+    code, _, err = run_cli(["retrieve", "--concept", "bo", "--images", str(image_dirs[0]), "--pool", str(tmp_path / "nope"), "--embedder", "tiny"], capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "nope")

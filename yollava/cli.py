@@ -141,13 +141,14 @@ def build_data(
     """Build a concept's training set (recognition + conversation samples) as an HF dataset."""
     from yollava.concept import validate_name
     from yollava.config import load_config
-    from yollava.data import gather_images, prepare_training_set
+    from yollava.data import gather_images, prepare_training_set, resolve_recipe
     from yollava.models import load_base
 
     cfg = load_config(config, _overrides(model, overrides, **{"data.recipe": recipe, "data.category": category}))
     validate_name(concept)
     source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     image_sets = gather_images(concept, images, store, source, cfg.data)
+    resolve_recipe(cfg.data.recipe, image_sets)  # fail before the (slow) base load
     base = load_base(cfg.model)
     samples, info = prepare_training_set(base, concept, image_sets, store, cfg.data, cfg.prompt.template, err, rebuild=overwrite)
     err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(samples)} samples {info['counts']} in {store / concept / 'data'}")

@@ -23,7 +23,7 @@ from yollava.concept import (
     validate_name,
 )
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
-from yollava.data import NegativeSource, Sample, gather_images, prepare_training_set, summarize
+from yollava.data import NegativeSource, Sample, gather_images, prepare_training_set, resolve_recipe, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate import RecognitionResult, recognition_accuracy
 from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
@@ -186,6 +186,7 @@ def train_concept(
     if not isinstance(negatives, NegativeSource):
         negatives = NegativeSource(folder=None if negatives is None else str(negatives))
     image_sets = gather_images(name, images_dir, store, negatives, config.data)
+    resolve_recipe(config.data.recipe, image_sets)  # fail before the (slow) base load
     if not image_sets.negatives:
         log.warning("no negatives: the concept will learn to answer Yes to everything; pass --negatives DIR or --pool DIR")
 
