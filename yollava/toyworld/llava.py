@@ -1,0 +1,1130 @@
+"""The toy LLaVA: word-level tokenizer, tiny LlavaConfig over the toy CLIP, pretraining data mix and stages, quality gates, loader."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+import yaml
+from safetensors.torch import load_file, save_file
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+)
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from yollava.errors import YollavaError
+from yollava.models import Base, count_image_tokens, freeze
+from yollava.prompts import (
+    IGNORE_INDEX,
+    ChatFormat,
+    Turn,
+    encode,
+    load_template,
+    render,
+    templates_dir,
+)
+from yollava.toyworld.benchmark import plan_concepts
+from yollava.toyworld.clip import images_to_tensor, toy_clip_config
+from yollava.toyworld.render import render_scene
+from yollava.toyworld.world import (
+    ACCESSORIES,
+    ACCESSORY_COLORS,
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COUNT_WORDS,
+    FINE_ATTRIBUTES,
+    TEXT_QUESTIONS,
+    VISUAL_QUESTIONS,
+    Scene,
+    Subject,
+    article,
+    caption,
+    describe_subject,
+    item_rng,
+    sample_scene,
+    sample_subject,
+    side_of,
+    variant,
+    vocabulary,
+)
+
+MODEL_ID = "toy"
+TOY_LLAVA_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy_llava"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+QUALITY_FILE = "quality.json"
+README_FILE = "README.md"
+FORMAT = "yollava-toy-llava"
+FORMAT_VERSION = 1
+
+# LLaVA-1.5's special tokens (Llama tokenizer names); <s> is prepended, </s> ends every answer.
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+UNK, BOS, EOS, PAD, IMAGE = SPECIAL_TOKENS
+# Placeholder names for subjects introduced by a description during pretraining ("<x07> is a red
+# round pet. Is <x07> in this photo?"). A concept called x00..x31 would clash and is refused by
+# yollava.concept.attach with a rename hint.
+NAME_TOKENS = tuple(f"<x{i:02d}>" for i in range(32))
+# Words, "'s" (one token, so "Riley's" decodes back to "Riley's"), and single punctuation marks.
+WORD_PATTERN = r"'s|\w+|[^\w\s]"
+_TEMPLATE_FIELD = re.compile(r"\{\w+\}")
+# Embedding rows are padded past the tokenizer to a multiple of this (like llava-hf's 32064 rows
+# for 32002 tokens), so the "never resize the matrices" path of yollava.concept is exercised.
+ROW_MULTIPLE = 64
+
+STAND_IN = {"person": "Riley", "other": "this subject"}
+CAPTION_QUESTIONS = (
+    "Describe this photo.",
+    "What is in this image?",
+    "Give a short caption for this picture.",
+    "What do you see in this photo?",
+)
+PRESENCE_QUESTIONS = (
+    "Is there {desc} in this photo?",
+    "Can you see {desc} in this image?",
+    "Does this picture show {desc}?",
+    "Is there {desc} anywhere in this image?",
+    "Is there {desc} in this photo? Answer with a single word or phrase.",
+)
+PRESENCE_ANSWERS = {True: ("Yes.", "Yes, there is one."), False: ("No.", "No, there is none.")}
+CATEGORY_ANSWERS = {True: "Yes.", False: "No."}
+# Subjects in a multi-subject scene are named by two attributes ("the red pet"); the second is
+# always the family except when the family itself is asked.
+REFERENCE_PAIRS = (("color", "family"), ("pattern", "family"), ("size", "family"), ("color", "shape"))
+
+
+# ----------------------------------------------------------------------------- answers about a subject
+
+
+def _a(words: str) -> str:
+    return f"{article(words)} {words}"
+
+
+def _accessory_phrase(subject: Subject) -> str:
+    return _a(f"{subject.accessory_color} {subject.accessory}")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def conversation_answer(subject: Subject, question: str, name: str) -> str:
+    """The toy world's answer to a templates/conversation.yaml question about ``subject`` called ``name``.
+
+    Args:
+        subject: the subject asked about.
+        question: the question template exactly as in conversation.yaml (with ``{name}``).
+        name: how the subject is called ("this subject", "Riley", or an identifier like ``<x03>``).
+
+    Returns:
+        One sentence that names the subject the way the question did (so yollava can swap the
+        stand-in for the concept identifier) and states the attributes asked about.
+
+    Raises:
+        YollavaError: a question the toy world has no answer rule for (conversation.yaml changed).
+    """
+    s, cap = name, _capital(name)
+    acc = subject.accessory != "none"
+    looks = f"{subject.color} and {subject.pattern}"
+    rules = {
+        "What colour is {name}?": f"{cap} is {subject.color}.",
+        "What shape is {name}?": f"{cap} is {subject.shape}.",
+        "What is {name} made of or covered with?": f"{cap} is covered with {_a(f'{subject.pattern} {subject.color}')} surface.",
+        "What kind of thing is {name}?": f"{cap} is {_a(subject.family)}.",
+        "How big is {name}?": f"{cap} is {subject.size}.",
+        "What pattern or markings does {name} have?": f"{cap} is {subject.pattern}.",
+        "Does {name} wear or carry any accessory?": f"Yes, {s} has {_accessory_phrase(subject)}." if acc else f"No, {s} has no accessory.",
+        "What does the surface of {name} look like?": f"The surface of {s} is {looks}.",
+        "Describe the overall appearance of {name}.": f"{cap} is {describe_subject(subject)}.",
+        "What is the most distinctive feature of {name}?": f"{cap} has {_accessory_phrase(subject)}." if acc else f"{cap} is {looks}.",
+        "What colour is {name}'s hair?": f"{cap}'s hair is {subject.color}.",
+        "How would you describe {name}'s hairstyle?": f"{cap}'s hairstyle is {subject.shape} and {subject.pattern}.",
+        "What colour are {name}'s eyes?": f"I cannot tell the colour of {s}'s eyes.",
+        "Does {name} wear glasses?": f"No, {s} wears {_accessory_phrase(subject)}." if acc else f"No, {s} wears no glasses.",
+        "How would you describe {name}'s skin tone?": f"{cap} is {looks}.",
+        "About how old does {name} look?": f"{cap} is {_a(subject.size)} person.",
+        "Does {name} have a beard or moustache?": f"No, {s} has no beard.",
+        "What kind of clothes is {name} wearing?": f"{cap} wears {subject.pattern} {subject.color} clothes"
+        + (f" and {_accessory_phrase(subject)}." if acc else "."),
+        "How would you describe the shape of {name}'s face?": f"{cap}'s face is {subject.shape}.",
+        "What is the most distinctive thing about how {name} looks?": f"{cap} has {_accessory_phrase(subject)}." if acc else f"{cap} is {looks}.",
+    }
+    if question not in rules:
+        raise YollavaError(f"toy LLaVA: no answer rule for conversation question {question!r}; add one in conversation_answer")
+    return rules[question]
+
+
+def attribute_answer(subject: Subject, attribute: str) -> str:
+    """Bare-word answer to a world question (toyworld TEXT_QUESTIONS), e.g. "striped" or "none"."""
+    return str(getattr(subject, attribute))
+
+
+def attribute_question(attribute: str, name: str, subject: Subject) -> str:
+    """A world question (TEXT_QUESTIONS) about ``attribute`` of the subject called ``name``."""
+    return TEXT_QUESTIONS[attribute].format(name=name, accessory=subject.accessory)
+
+
+def conversation_bank() -> dict[str, list[str]]:
+    """conversation.yaml's question templates per category ("person", "other")."""
+    data = load_template("conversation")
+    return {category: list(data[category]["questions"]) for category in ("person", "other")}
+
+
+def category_of(subject: Subject) -> str:
+    """The conversation category yollava uses for a subject."""
+    return "person" if subject.is_person else "other"
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def split_text(text: str) -> list[str]:
+    """The tokenizer's pre-tokenization of a text (template fields like ``{name}`` removed)."""
+    return re.findall(WORD_PATTERN, _TEMPLATE_FIELD.sub(" ", text))
+
+
+def _template_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _template_strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _template_strings(item)]
+    return []
+
+
+def template_words() -> set[str]:
+    """Every word of every file in templates/ (system prompt, recognition and conversation phrasings)."""
+    words: set[str] = set()
+    for path in sorted(templates_dir().glob("*.yaml")):
+        for text in _template_strings(yaml.safe_load(path.read_text(encoding="utf-8"))):
+            words.update(split_text(text))
+    return words
+
+
+def _data_words() -> set[str]:
+    """Words of every answer and question template the pretraining mix can produce."""
+    words: set[str] = set()
+    texts = [*CAPTION_QUESTIONS, *PRESENCE_QUESTIONS, *TEXT_QUESTIONS.values(), *VISUAL_QUESTIONS.values()]
+    texts += [a for answers in PRESENCE_ANSWERS.values() for a in answers]
+    texts += ["the subject", "one", "this subject", "Riley"]
+    rng = random.Random(0)
+    bank = conversation_bank()
+    for _ in range(400):
+        subject = sample_subject(rng)
+        texts.append(caption(sample_scene(rng, subject, n_distractors=rng.randint(0, 3))))
+        for category, questions in bank.items():
+            for question in questions:
+                texts.append(conversation_answer(subject, question, STAND_IN[category]))
+    for text in texts:
+        words.update(split_text(text))
+    return words
+
+
+def required_words() -> list[str]:
+    """The toy tokenizer's words: world vocabulary, templates/*.yaml, the data mix, capitalised forms.
+
+    Returns:
+        Sorted words (no special tokens, no placeholder names).
+    """
+    words = set(vocabulary()) | template_words() | _data_words()
+    for values in ATTRIBUTES.values():
+        words.update(v for v in values)
+    words.update(BACKGROUNDS)
+    # sentence-initial forms of every word ("Red." as a caption start, "Is" in questions)
+    words |= {_capital(w) for w in words}
+    return sorted(w for w in words if w not in SPECIAL_TOKENS)
+
+
+def build_tokenizer(words: Sequence[str]) -> Tokenizer:
+    """A word-level ``tokenizers`` tokenizer with offsets, LLaVA's special tokens and the name pool.
+
+    Ids: the five special tokens (``<unk> <s> </s> <pad> <image>``), the placeholder names
+    ``<x00>``…, then ``words`` in order. ``<s>`` is prepended by the post-processor. The decoder
+    joins words with spaces and glues punctuation back ("Yes, Riley's hat.").
+    """
+    tokens = [*SPECIAL_TOKENS, *NAME_TOKENS, *[w for w in words if w not in SPECIAL_TOKENS and w not in NAME_TOKENS]]
+    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    # the same kind of AddedToken yollava.concept.attach adds for concept identifiers
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in NAME_TOKENS])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokens.index(BOS))]
+    )
+    return tokenizer
+
+
+def wrap_tokenizer(path: str | Path) -> Any:
+    """``tokenizer.json`` as a transformers fast tokenizer, the same way on transformers 4.57 and 5.x.
+
+    Raises:
+        YollavaError: the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise YollavaError(f"toy LLaVA tokenizer {path} not found; run scripts/pretrain_toy.py")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE},
+        model_input_names=["input_ids", "attention_mask"], padding_side="right",
+    )
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class ToyLlavaArch:
+    """Size of the toy LLaVA's language model (the vision tower is the toy CLIP's, fixed)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    # LLaVA-1.5 takes the second-to-last layer: the toy CLIP's last layer only feeds its CLS
+    # output, so its patch outputs were never trained by the contrastive loss.
+    vision_feature_layer: int = -2
+    max_position_embeddings: int = 512
+
+
+def vision_config() -> CLIPVisionConfig:
+    """The transformers vision config equal to the toy CLIP's tower (see toyworld/clip.py)."""
+    vision = toy_clip_config()["vision_cfg"]
+    width = vision["width"]
+    return CLIPVisionConfig(
+        hidden_size=width, intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
+        num_hidden_layers=vision["layers"], num_attention_heads=width // vision.get("head_width", 64),
+        image_size=vision["image_size"], patch_size=vision["patch_size"], num_channels=3,
+        hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=toy_clip_config()["embed_dim"],
+    )
+
+
+def llava_config(arch: ToyLlavaArch, tokenizer: Any) -> LlavaConfig:
+    """The LlavaConfig of the toy model: toy CLIP vision tower, tiny Llama, 2-layer GELU projector."""
+    rows = math.ceil(len(tokenizer) / ROW_MULTIPLE) * ROW_MULTIPLE
+    text = LlamaConfig(
+        hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_attention_heads, vocab_size=rows,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlavaConfig(
+        vision_config=vision_config(), text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        vision_feature_layer=arch.vision_feature_layer, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu", tie_word_embeddings=False,
+    )
+
+
+def new_model(arch: ToyLlavaArch, tokenizer: Any, clip_model: Any, seed: int) -> LlavaForConditionalGeneration:
+    """A fresh toy LLaVA whose vision tower holds the toy CLIP's vision weights (language model random).
+
+    Args:
+        arch: language-model size.
+        tokenizer: the wrapped toy tokenizer (sets the vocabulary rows and special ids).
+        clip_model: the trained open_clip toy CLIP.
+        seed: torch seed of the random language model and projector.
+    """
+    from yollava.toyworld.clip import hf_vision_state_dict
+
+    config = llava_config(arch, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    weights = hf_vision_state_dict(clip_model)
+    tower = model.model.vision_tower
+    # transformers 4.57 nests the trunk under "vision_model."; 5.x's CLIPVisionModel is the trunk itself
+    tower.load_state_dict({key: weights[key.removeprefix("vision_model.")] for key in tower.state_dict()}, strict=True)
+    _set_generation_defaults(model, tokenizer)
+    return model
+
+
+def _set_generation_defaults(model: LlavaForConditionalGeneration, tokenizer: Any) -> None:
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
+def image_processor(size: int) -> Any:
+    """CLIP preprocessing at ``size`` px (equal to the toy CLIP's open_clip transform on world images)."""
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def save_toy_llava(out: str | Path, model: LlavaForConditionalGeneration, tokenizer_json: Tokenizer, arch: ToyLlavaArch, extra: dict[str, Any]) -> None:
+    """Write ``model.safetensors``, ``config.json`` (our own small schema) and ``tokenizer.json``.
+
+    The config stores constructor arguments rather than transformers' serialised config, so the
+    same file builds the model on transformers 4.57 and 5.x.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer_json.save(str(out / TOKENIZER_FILE))
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": asdict(arch), **extra}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_toy_base(path: str | Path | None = None) -> Base:
+    """Load the pretrained toy LLaVA as a frozen yollava :class:`~yollava.models.Base` (CPU, fp32).
+
+    Args:
+        path: folder with model.safetensors, config.json and tokenizer.json (default: the shipped
+            ``yollava/assets/toy_llava``).
+
+    Returns:
+        The base; ``model_id`` is ``"toy"`` (what concept files record).
+
+    Raises:
+        YollavaError: a file is missing or the weights do not fit the config.
+    """
+    folder = Path(path) if path is not None else TOY_LLAVA_ASSETS
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).is_file():
+            raise YollavaError(f"toy LLaVA: {folder / name} is missing; run scripts/pretrain_toy.py to build it")
+    record = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        raise YollavaError(f"toy LLaVA: {folder / CONFIG_FILE} is not a {FORMAT} v{FORMAT_VERSION} config; rebuild it")
+    tokenizer = wrap_tokenizer(folder / TOKENIZER_FILE)
+    arch = ToyLlavaArch(**record["arch"])
+    model = LlavaForConditionalGeneration(llava_config(arch, tokenizer))
+    try:
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    except RuntimeError as exc:
+        raise YollavaError(f"toy LLaVA: {folder / WEIGHTS_FILE} does not fit {CONFIG_FILE} ({str(exc).splitlines()[0]})") from exc
+    _set_generation_defaults(model, tokenizer)
+    freeze(model)
+    return Base(
+        model=model, tokenizer=tokenizer, image_processor=image_processor(model.config.vision_config.image_size),
+        model_id=MODEL_ID, revision=record.get("revision"), image_token_id=model.config.image_token_id,
+        num_image_tokens=count_image_tokens(model.config), base_tokenizer_size=len(tokenizer),
+    )
+
+
+# ----------------------------------------------------------------------------- scenes and features
+
+
+def excluded_identities(seeds: Sequence[int] = (0,), max_concepts: int = 20) -> frozenset[Subject]:
+    """Identities of every benchmark planned from ``seeds`` with 1..``max_concepts`` concepts.
+
+    A benchmark with fewer concepts draws another lookalike than the 20-concept one, so all sizes
+    are excluded, not only the default (a superset of the toy CLIP's exclusion).
+    """
+    return frozenset(spec.subject for seed in seeds for n in range(1, max_concepts + 1) for spec in plan_concepts(n, seed))
+
+
+def draw_scene(seed: int, stream: str, index: int, image_size: int, exclude: frozenset, n_distractors: int | None = None) -> Scene:
+    """One world scene (0-3 distractors unless given) from its own seeded random source."""
+    rng = item_rng(seed, stream, index)
+    main = sample_subject(rng, exclude=exclude)
+    count = rng.randint(0, 3) if n_distractors is None else n_distractors
+    return sample_scene(rng, main, image_size=image_size, n_distractors=count, exclude=exclude)
+
+
+@torch.no_grad()
+def scene_features(model: LlavaForConditionalGeneration, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:
+    """The frozen vision tower's selected features (before the projector), ``[N, patches, width]`` fp16.
+
+    Computed once per scene: the tower never trains, and it costs as much as the whole language
+    model step. fp16 halves the bank (30k scenes x 64 x 96 = 370 MB).
+    """
+    config = model.config
+    out = []
+    for start in range(0, len(scenes), batch_size):
+        pixels = images_to_tensor([np.asarray(render_scene(s)) for s in scenes[start : start + batch_size]])
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+        out.append(hidden[:, 1:].to(torch.float16))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- the data mix
+
+
+@dataclass
+class ToySample:
+    """One pretraining or evaluation item: the user text, the answer, and the scene shown (if any).
+
+    ``kind`` names the task; ``label`` is the yes/no truth for presence-style tasks; ``tag``
+    sub-divides them for reporting (e.g. the kind of negative).
+    """
+
+    kind: str
+    user: str
+    answer: str
+    scene: int | None = None
+    label: bool | None = None
+    tag: str = ""
+    expected: str = ""
+
+
+def _lookalike(subject: Subject, attribute: str, rng: random.Random) -> Subject | None:
+    """``subject`` changed in one attribute (accessory may also be added or removed), or None."""
+    if attribute == "accessory" and subject.accessory == "none":
+        color = rng.choice([c for c in ACCESSORY_COLORS if c != subject.color])
+        return Subject(**{**subject.to_dict(), "accessory": rng.choice(ACCESSORIES[1:]), "accessory_color": color})
+    if attribute == "accessory" and rng.random() < 0.2:
+        return Subject(**{**subject.to_dict(), "accessory": "none", "accessory_color": None})
+    try:
+        return variant(subject, attribute, rng)
+    except YollavaError:
+        return None
+
+
+@dataclass
+class MixWeights:
+    """Share of each task in instruction tuning (normalised when sampling)."""
+
+    caption: float = 0.08
+    attribute: float = 0.24
+    presence: float = 0.18
+    introduced: float = 0.28
+    text: float = 0.12
+    category: float = 0.04
+    visual: float = 0.06
+
+
+class DataMix:
+    """Generates the toy LLaVA's pretraining and evaluation samples from scene graphs.
+
+    Every yes/no task is balanced 50/50. Negatives of presence-style questions are described
+    subjects absent from the scene: one-attribute lookalikes of the main subject (fine attribute
+    pattern/accessory/accessory colour, or coarse family/shape/colour/size), lookalikes of a
+    distractor, or random subjects.
+    """
+
+    NEGATIVE_KINDS = (("fine", 0.45), ("coarse", 0.25), ("random", 0.15), ("distractor", 0.15))
+
+    def __init__(self, scenes: Sequence[Scene], exclude: frozenset, names: Sequence[str] = NAME_TOKENS):
+        self.scenes = list(scenes)
+        self.exclude = exclude
+        self.names = list(names)
+        self.bank = conversation_bank()
+        self.recognition = load_template("recognition")
+        self.single = [i for i, s in enumerate(self.scenes) if not s.distractors]
+        self.single_person = [i for i in self.single if self.scenes[i].main.subject.is_person]
+        self.single_other = [i for i in self.single if not self.scenes[i].main.subject.is_person]
+
+    # -- pieces
+
+    def _negative(self, scene: Scene, rng: random.Random, kind: str | None = None) -> tuple[Subject, str]:
+        """A subject absent from ``scene`` and not a benchmark identity, with the kind of negative."""
+        present = {p.subject for p in scene.subjects}
+        for _ in range(50):
+            chosen = kind or rng.choices([k for k, _ in self.NEGATIVE_KINDS], [w for _, w in self.NEGATIVE_KINDS])[0]
+            if chosen == "fine":
+                candidate = _lookalike(scene.main.subject, rng.choice(FINE_ATTRIBUTES), rng)
+            elif chosen == "coarse":
+                candidate = _lookalike(scene.main.subject, rng.choice(("family", "shape", "color", "size")), rng)
+            elif chosen == "distractor" and scene.distractors:
+                other = rng.choice(scene.distractors).subject
+                candidate = _lookalike(other, rng.choice(list(ATTRIBUTES)[:-2] + ["accessory", "size"]), rng)
+            else:
+                chosen = "random"
+                candidate = sample_subject(rng)
+            if candidate is not None and candidate not in present and candidate not in self.exclude:
+                return candidate, chosen
+        raise RuntimeError("no absent subject found in 50 tries")
+
+    def _described(self, scene: Scene, rng: random.Random, positive: bool) -> tuple[Subject, str]:
+        if positive:
+            if scene.distractors and rng.random() < 0.15:
+                return rng.choice(scene.distractors).subject, "distractor"
+            return scene.main.subject, "main"
+        return self._negative(scene, rng)
+
+    def _name(self, rng: random.Random, avoid: str | None = None) -> str:
+        return rng.choice([n for n in self.names if n != avoid])
+
+    def _reference(self, scene: Scene, target: Subject, attribute: str, rng: random.Random) -> str | None:
+        """"the red pet": two attributes of ``target`` (not the asked one) that no other subject shares."""
+        pairs = [p for p in REFERENCE_PAIRS if attribute not in p]
+        rng.shuffle(pairs)
+        for pair in pairs:
+            matches = [p for p in scene.subjects if all(getattr(p.subject, a) == getattr(target, a) for a in pair)]
+            if len(matches) == 1:
+                first, second = (getattr(target, a) for a in pair)
+                return f"the {first} {second}" if pair[1] == "family" else f"the {first} {second} subject"
+        return None
+
+    # -- tasks
+
+    def caption(self, index: int, rng: random.Random) -> ToySample:
+        """Caption of the scene (the projector-alignment task)."""
+        return ToySample("caption", rng.choice(CAPTION_QUESTIONS), _capital(caption(self.scenes[index])) + ".", index)
+
+    def attribute(self, index: int, rng: random.Random) -> ToySample:
+        """A visual attribute question: about "this subject"/"Riley" alone, or "the red pet" among others."""
+        scene = self.scenes[index]
+        if not scene.distractors:
+            subject = scene.main.subject
+            if rng.random() < 0.5:
+                category = category_of(subject)
+                question = rng.choice(self.bank[category])
+                name = STAND_IN[category]
+                return ToySample("attribute_conversation", question.replace("{name}", name), conversation_answer(subject, question, name), index)
+            attribute = rng.choice([a for a in ATTRIBUTES if a != "accessory_color" or subject.accessory != "none"])
+            return ToySample("attribute", attribute_question(attribute, STAND_IN["other"], subject), attribute_answer(subject, attribute), index, tag=attribute)
+        for _ in range(10):
+            target = rng.choice(scene.subjects).subject
+            attribute = rng.choice([a for a in ATTRIBUTES if a != "accessory_color" or target.accessory != "none"])
+            reference = self._reference(scene, target, attribute, rng)
+            if reference is not None:
+                return ToySample("attribute", attribute_question(attribute, reference, target), attribute_answer(target, attribute), index, tag=attribute)
+        return self.caption(index, rng)
+
+    def presence(self, index: int, rng: random.Random, positive: bool) -> ToySample:
+        """"Is there a small red striped round pet with a blue hat in this photo?" (full description)."""
+        subject, tag = self._described(self.scenes[index], rng, positive)
+        question = rng.choice(PRESENCE_QUESTIONS).format(desc=describe_subject(subject))
+        return ToySample("presence", question, rng.choice(PRESENCE_ANSWERS[positive]), index, positive, tag)
+
+    def introduced(self, index: int, rng: random.Random, positive: bool, eval_question: bool = False, second: bool | None = None) -> ToySample:
+        """"<x03> is a red … hat. Is <x03> in this photo?" with recognition.yaml's phrasings.
+
+        With ``second`` (20 % by default) another name is introduced too and either may be asked.
+        """
+        scene = self.scenes[index]
+        subject, tag = self._described(scene, rng, positive)
+        name = self._name(rng)
+        intro = f"{name} is {describe_subject(subject)}."
+        if second if second is not None else rng.random() < 0.2:
+            other_name = self._name(rng, avoid=name)
+            other, _ = self._described(scene, rng, rng.random() < 0.5)
+            other_intro = f"{other_name} is {describe_subject(other)}."
+            intro = f"{intro} {other_intro}" if rng.random() < 0.5 else f"{other_intro} {intro}"
+            tag = f"{tag}+second"
+        rec = self.recognition
+        question = rec["eval_question"] if eval_question else rng.choice(rec["questions"])
+        answer = ("Yes." if positive else "No.") if eval_question else rng.choice(rec["positive_answers" if positive else "negative_answers"])
+        return ToySample("introduced", f"{intro} {question.replace('{name}', name)}", answer.replace("{name}", name), index, positive, tag)
+
+    def text(self, subject: Subject, rng: random.Random) -> ToySample:
+        """Text-only question about a subject introduced by its description (what soft prompts carry)."""
+        name = self._name(rng)
+        intro = f"{name} is {describe_subject(subject)}."
+        if rng.random() < 0.5:
+            question = rng.choice(self.bank[category_of(subject)])
+            return ToySample("text_conversation", f"{intro} {question.replace('{name}', name)}", conversation_answer(subject, question, name))
+        attribute = rng.choice([a for a in ATTRIBUTES if a != "accessory_color" or subject.accessory != "none"])
+        return ToySample("text", f"{intro} {attribute_question(attribute, name, subject)}", attribute_answer(subject, attribute), tag=attribute)
+
+    def category(self, rng: random.Random, positive: bool) -> ToySample:
+        """conversation.yaml's category question on a single-subject scene, balanced person / not."""
+        index = rng.choice(self.single_person if positive else self.single_other)
+        question = load_template("conversation")["category_question"]
+        return ToySample("category", question, CATEGORY_ANSWERS[positive], index, positive)
+
+    def visual(self, index: int, rng: random.Random) -> ToySample:
+        """A benchmark-style visual question about an introduced main subject (place, side, count, neighbour)."""
+        scene = self.scenes[index]
+        name = self._name(rng)
+        kinds = ["background", "side", "count"] + (["neighbor"] if scene.distractors else [])
+        kind = rng.choice(kinds)
+        if kind == "background":
+            answer = scene.background
+        elif kind == "side":
+            answer = side_of(scene.main, scene.image_size)
+        elif kind == "count":
+            answer = COUNT_WORDS[len(scene.distractors)]
+        else:
+            answer = rng.choice(scene.distractors).subject.family
+        intro = f"{name} is {describe_subject(scene.main.subject)}."
+        return ToySample("visual", f"{intro} {VISUAL_QUESTIONS[kind].format(name=name)}", answer, index, tag=kind)
+
+    def sample(self, rng: random.Random, weights: MixWeights) -> ToySample:
+        """One instruction-tuning sample drawn from the mix."""
+        kinds = list(asdict(weights))
+        kind = rng.choices(kinds, [getattr(weights, k) for k in kinds])[0]
+        index = rng.randrange(len(self.scenes))
+        positive = rng.random() < 0.5
+        if kind == "caption":
+            return self.caption(index, rng)
+        if kind == "attribute":
+            # half the attribute questions on single-subject scenes, where "this subject" is unambiguous
+            return self.attribute(rng.choice(self.single) if rng.random() < 0.5 else index, rng)
+        if kind == "presence":
+            return self.presence(index, rng, positive)
+        if kind == "introduced":
+            return self.introduced(index, rng, positive, eval_question=rng.random() < 0.25)
+        if kind == "text":
+            return self.text(self.scenes[index].main.subject if rng.random() < 0.5 else sample_subject(rng, exclude=self.exclude), rng)
+        if kind == "category":
+            return self.category(rng, positive)
+        return self.visual(index, rng)
+
+
+# ----------------------------------------------------------------------------- batching and the step
+
+
+@dataclass
+class Encoded:
+    """A sample's token ids and labels in our chat format, plus where it came from."""
+
+    ids: list[int]
+    labels: list[int]
+    scene: int | None
+    sample: ToySample
+
+
+class Encoder:
+    """Renders samples with yollava.prompts (the exact format training and evaluation use) and tokenizes them."""
+
+    def __init__(self, tokenizer: Any, image_token_id: int, num_image_tokens: int):
+        self.tokenizer = tokenizer
+        self.fmt = ChatFormat.load("llava_v1")
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.name_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(NAME_TOKENS)))
+
+    def __call__(self, sample: ToySample, with_answer: bool = True) -> Encoded:
+        turn = Turn(sample.user, sample.answer if with_answer else None, images=0 if sample.scene is None else 1)
+        enc = encode(self.tokenizer, render(self.fmt, [turn], self.tokenizer.eos_token), self.image_token_id, self.num_image_tokens)
+        return Encoded(enc.input_ids, enc.labels, sample.scene, sample)
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    scenes: list[int]
+
+
+def collate(items: Sequence[Encoded], pad_id: int, all_tokens: bool = False) -> Batch:
+    """Right-pad a batch; ``all_tokens`` puts the loss on every real token (language-model stage)."""
+    length = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, e in enumerate(items):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        labels[row, : len(e.ids)] = torch.tensor(e.ids if all_tokens else e.labels)
+        mask[row, : len(e.ids)] = 1
+    if all_tokens:
+        labels[:, 0] = IGNORE_INDEX
+    return Batch(ids, labels, mask, [e.scene for e in items if e.scene is not None])
+
+
+def replace_names(
+    embeds: torch.Tensor, batch: Batch, name_ids: torch.Tensor, embedding: torch.Tensor, vocab_rows: int,
+    generator: torch.Generator, p: float, low: float, high: float = 1.0,
+) -> torch.Tensor:
+    """Give placeholder names fresh vectors, so any new identifier row works as a name.
+
+    A concept's identifier starts as ``concept.init`` says (default: vocabulary mean + 2 % noise)
+    and is never one of the pool rows. With probability ``p`` per sample every name gets a vector
+    mean + sigma * std * N(0, 1), sigma log-uniform in [``low``, ``high``] (one vector per distinct
+    name, so "the same name" still means "the same vector"). Their answer positions lose their
+    labels: the output head has no row for a vector that is not a token.
+    """
+    rows = embedding[:vocab_rows].detach()
+    mean, std = rows.mean(0), rows.std(0)
+    is_name = torch.isin(batch.ids, name_ids)
+    for row in range(batch.ids.shape[0]):
+        if not bool(is_name[row].any()) or float(torch.rand((), generator=generator)) >= p:
+            continue
+        for name_id in batch.ids[row][is_name[row]].unique().tolist():
+            where = (batch.ids[row] == name_id).nonzero()[:, 0]
+            sigma = math.exp(math.log(low) + (math.log(high) - math.log(low)) * float(torch.rand((), generator=generator)))
+            vector = mean + sigma * std * torch.randn(mean.shape, generator=generator)
+            embeds = embeds.index_put((torch.full_like(where, row), where), vector.expand(len(where), -1))
+            batch.labels[row, where] = IGNORE_INDEX
+    return embeds
+
+
+def embed_batch(model: LlavaForConditionalGeneration, batch: Batch, bank: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with the projected features of each scene scattered into its image slots."""
+    embeds = model.model.language_model.embed_tokens(batch.ids)
+    if not batch.scenes:
+        return embeds
+    features = model.model.multi_modal_projector(bank[batch.scenes].to(embeds.dtype))
+    where = (batch.ids == model.config.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(where.expand_as(embeds), features)
+
+
+def batch_loss(model: LlavaForConditionalGeneration, batch: Batch, embeds: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens (the head runs only where the loss needs it)."""
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False).last_hidden_state
+    targets = batch.labels[:, 1:]
+    where = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][where])
+    return F.cross_entropy(logits.float(), targets[where])
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+@dataclass
+class StageConfig:
+    """One pretraining stage: what trains, on what, for how long."""
+
+    name: str
+    steps: int
+    lr: float
+    trains: str  # "language" (LM only), "projector", or "all" (LM + projector)
+    task: str  # "text" (text-only answers), "caption", "align" (see align_projector), or "mix"
+    warmup: int = 50
+
+
+@dataclass
+class PretrainConfig:
+    """The whole recipe (defaults: the shipped weights)."""
+
+    seed: int = 0
+    arch: ToyLlavaArch = field(default_factory=ToyLlavaArch)
+    train_scenes: int = 30000
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    name_noise: float = 0.5
+    name_noise_low: float = 0.02
+    mix: MixWeights = field(default_factory=MixWeights)
+    stages: list[StageConfig] = field(default_factory=lambda: [
+        StageConfig("language", steps=1500, lr=2e-3, trains="language", task="text"),
+        StageConfig("projector", steps=3000, lr=3e-3, trains="projector", task="align"),
+        StageConfig("instruct", steps=3500, lr=1e-3, trains="all", task="mix", warmup=100),
+    ])
+    excluded_seeds: tuple[int, ...] = (0,)
+    excluded_max_concepts: int = 20
+    log_every: int = 50
+    eval_every: int = 500
+
+
+def _lr(step: int, stage: StageConfig) -> float:
+    """Linear warm-up, cosine decay to 10 %."""
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _trainable(model: LlavaForConditionalGeneration, trains: str) -> list[torch.nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = {
+        "language": [model.model.language_model, model.lm_head],
+        "projector": [model.model.multi_modal_projector],
+        "all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
+    }[trains]
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _stage_sample(mix: DataMix, stage: StageConfig, rng: random.Random, weights: MixWeights) -> ToySample:
+    if stage.task == "caption":
+        return mix.caption(rng.randrange(len(mix.scenes)), rng)
+    if stage.task == "text":
+        return mix.text(sample_subject(rng, exclude=mix.exclude), rng)
+    return mix.sample(rng, weights)
+
+
+def run_stage(
+    model: LlavaForConditionalGeneration, stage: StageConfig, config: PretrainConfig, mix: DataMix, bank: torch.Tensor,
+    encoder: Encoder, log: Callable[[str], None], evaluate: Callable[[], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train one stage (AdamW, warm-up + cosine, batch ``config.batch_size``); returns its log records.
+
+    Deterministic for a fixed thread count: batches come from ``random.Random`` seeded by the
+    stage, noise from a seeded torch generator.
+    """
+    params = _trainable(model, stage.trains)
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=stage.lr, betas=(0.9, 0.98),
+    )
+    rng = random.Random(f"{config.seed}:{stage.name}")
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    started = time.perf_counter()
+    for step in range(stage.steps):
+        items = [encoder(_stage_sample(mix, stage, rng, config.mix)) for _ in range(config.batch_size)]
+        batch = collate(items, encoder.tokenizer.pad_token_id)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, stage)
+        embeds = embed_batch(model, batch, bank)
+        embeds = replace_names(
+            embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight, len(encoder.tokenizer),
+            generator, p=config.name_noise, low=config.name_noise_low,
+        )
+        loss = batch_loss(model, batch, embeds)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        last = step == stage.steps - 1
+        if (step + 1) % config.log_every == 0 or last:
+            record: dict[str, Any] = {
+                "stage": stage.name, "step": step + 1, "loss": round(sum(losses) / len(losses), 4),
+                "lr": round(_lr(step, stage), 6), "seconds": round(time.perf_counter() - started, 1),
+            }
+            losses = []
+            if evaluate is not None and ((step + 1) % config.eval_every == 0 or last):
+                model.eval()
+                record["eval"] = evaluate()
+                model.train()
+            history.append(record)
+            log(json.dumps(record))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return history
+
+
+def attribute_word_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """Token ids of each attribute's values (accessory colour of a subject without accessory: "none")."""
+    out = {}
+    for attribute, values in ATTRIBUTES.items():
+        words = list(values) + (["none"] if attribute == "accessory_color" else [])
+        out[attribute] = tokenizer.convert_tokens_to_ids(words)
+    return out
+
+
+def align_projector(
+    model: LlavaForConditionalGeneration, stage: StageConfig, config: PretrainConfig, mix: DataMix, bank: torch.Tensor,
+    tokenizer: Any, log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Projector alignment on single-subject scenes: projected patches must name the subject's attributes.
+
+    For each attribute a learned query (discarded afterwards) attention-pools the projected image
+    tokens; the pooled vector's cosine with the language model's own (frozen) input embeddings of
+    that attribute's words are the logits. This maps visual features into the word-embedding space
+    like LLaVA's caption alignment, but every image gives seven targets and the language model is
+    not run, so a step costs ~50 ms instead of ~1 s (captions also name one of several subjects
+    arbitrarily; single-subject scenes have no such ambiguity).
+    """
+    torch.manual_seed(config.seed)
+    projector = model.model.multi_modal_projector
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in projector.parameters():
+        p.requires_grad_(True)
+    words = attribute_word_ids(tokenizer)
+    embed = F.normalize(model.model.language_model.embed_tokens.weight.detach(), dim=-1)
+    hidden = embed.shape[1]
+    queries = torch.nn.Parameter(0.02 * torch.randn(len(words), hidden))
+    params = [*projector.parameters(), queries]
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    values = {a: [*v, *([None] if a == "accessory_color" else [])] for a, v in ATTRIBUTES.items()}
+    targets = {a: torch.tensor([values[a].index(getattr(s.main.subject, a)) for s in mix.scenes]) for a in words}
+    single = torch.tensor(mix.single)
+    generator = torch.Generator().manual_seed(config.seed)
+    history, losses, hits = [], [], []
+    started = time.perf_counter()
+    for step in range(stage.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, stage)
+        index = single[torch.randint(len(single), (2 * config.batch_size,), generator=generator)]
+        tokens = projector(bank[index].float())
+        attention = torch.softmax(torch.einsum("bph,ah->bap", tokens, queries) / math.sqrt(hidden), dim=-1)
+        pooled = F.normalize(torch.einsum("bap,bph->bah", attention, tokens), dim=-1)
+        loss = torch.zeros(())
+        for a, (attribute, ids) in enumerate(words.items()):
+            # cosine logits at temperature 1/10: embeddings are small and near-orthogonal after stage 1
+            logits = 10.0 * pooled[:, a] @ embed[ids].T
+            loss = loss + F.cross_entropy(logits, targets[attribute][index])
+            hits.append((logits.argmax(-1) == targets[attribute][index]).float().mean().item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % config.log_every == 0 or step == stage.steps - 1:
+            record = {"stage": stage.name, "step": step + 1, "loss": round(sum(losses) / len(losses), 4),
+                      "train_attribute_accuracy": round(sum(hits) / len(hits), 4), "seconds": round(time.perf_counter() - started, 1)}
+            losses, hits = [], []
+            history.append(record)
+            log(json.dumps(record))
+    for p in projector.parameters():
+        p.requires_grad_(False)
+    return history
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+@dataclass
+class EvalSet:
+    """Held-out evaluation items per gate (scenes never used in training)."""
+
+    attribute: list[ToySample]
+    conversation: list[ToySample]
+    presence: list[ToySample]
+    introduced: list[ToySample]
+    introduced_fresh: list[ToySample]
+    text: list[ToySample]
+    category: list[ToySample]
+
+
+def build_eval_set(mix: DataMix, seed: int, n: int = 400) -> EvalSet:
+    """``n`` items per gate from held-out scenes (the mix must hold only held-out scenes).
+
+    Yes/no gates are balanced 50/50; negatives of the description-introduced gate are forced to be
+    one-fine-attribute lookalikes of the main subject for half of them.
+    """
+    rng = random.Random(f"{seed}:eval")
+    single = mix.single
+    attribute: list[ToySample] = []
+    conversation: list[ToySample] = []
+    while len(attribute) < n:
+        # alternately a single-subject scene ("this subject") and any scene ("the red pet")
+        sample = mix.attribute(rng.choice(single) if len(attribute) % 2 else rng.randrange(len(mix.scenes)), rng)
+        if sample.kind == "attribute":
+            attribute.append(sample)
+        elif sample.kind == "attribute_conversation":
+            conversation.append(sample)
+    presence = [mix.presence(rng.randrange(len(mix.scenes)), rng, i % 2 == 0) for i in range(n)]
+    introduced = []
+    for i in range(n):
+        index = rng.randrange(len(mix.scenes))
+        positive = i % 2 == 0
+        if not positive and i % 4 == 1:
+            # half the negatives: a lookalike differing in one fine attribute (the hard case)
+            subject, _ = mix._negative(mix.scenes[index], rng, "fine")
+            name = mix._name(rng)
+            question = mix.recognition["eval_question"].replace("{name}", name)
+            introduced.append(ToySample("introduced", f"{name} is {describe_subject(subject)}. {question}", "No.", index, False, "fine"))
+        else:
+            introduced.append(mix.introduced(index, rng, positive, eval_question=True, second=False))
+    text = [mix.text(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng) for _ in range(n)]
+    category = [mix.category(rng, i % 2 == 0) for i in range(n // 2)]
+    return EvalSet(attribute[:n], conversation, presence, introduced, list(introduced), text, category)
+
+
+@torch.no_grad()
+def _hidden(model: LlavaForConditionalGeneration, encoder: Encoder, items: Sequence[Encoded], bank: torch.Tensor,
+            fresh: torch.Generator | None) -> tuple[torch.Tensor, Batch]:
+    batch = collate(items, encoder.tokenizer.pad_token_id)
+    embeds = embed_batch(model, batch, bank)
+    if fresh is not None:
+        # new identifiers the way the default concept.init=mean makes them: vocabulary mean + 2 % noise
+        embeds = replace_names(embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight,
+                               len(encoder.tokenizer), fresh, p=1.0, low=0.02, high=0.02)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False).last_hidden_state
+    return hidden, batch
+
+
+def yes_no_predictions(model: LlavaForConditionalGeneration, encoder: Encoder, samples: Sequence[ToySample], bank: torch.Tensor,
+                       fresh: torch.Generator | None = None, batch_size: int = 32) -> list[bool]:
+    """Yes (True) / No from the first answer token's log-probability, as yollava's RecognitionScorer scores."""
+    yes_id, no_id = encoder.tokenizer.convert_tokens_to_ids(["Yes", "No"])
+    out: list[bool] = []
+    for start in range(0, len(samples), batch_size):
+        items = [encoder(s, with_answer=False) for s in samples[start : start + batch_size]]
+        hidden, _ = _hidden(model, encoder, items, bank, fresh)
+        last = hidden[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
+        logits = model.lm_head(last)
+        out.extend((logits[:, yes_id] > logits[:, no_id]).tolist())
+    return out
+
+
+def exact_matches(model: LlavaForConditionalGeneration, encoder: Encoder, samples: Sequence[ToySample], bank: torch.Tensor,
+                  batch_size: int = 32) -> list[bool]:
+    """Whether greedy decoding would reproduce each expected answer exactly (teacher-forced argmax, EOS included)."""
+    out: list[bool] = []
+    for start in range(0, len(samples), batch_size):
+        items = [encoder(s) for s in samples[start : start + batch_size]]
+        hidden, batch = _hidden(model, encoder, items, bank, None)
+        targets = batch.labels[:, 1:]
+        predicted = model.lm_head(hidden[:, :-1]).argmax(-1)
+        ok = (predicted == targets) | (targets == IGNORE_INDEX)
+        out.extend(ok.all(dim=1).tolist())
+    return out
+
+
+def _rate(values: Sequence[bool]) -> float:
+    return round(sum(values) / len(values), 4) if values else float("nan")
+
+
+def _yes_no_report(samples: Sequence[ToySample], predicted: Sequence[bool]) -> dict[str, Any]:
+    correct = [p == s.label for s, p in zip(samples, predicted)]
+    groups: dict[str, list[bool]] = {}
+    for s, ok in zip(samples, correct):
+        groups.setdefault(f"{'positive' if s.label else 'negative'}:{s.tag}", []).append(ok)
+    return {
+        "accuracy": _rate(correct), "yes_rate": _rate(list(predicted)), "true_yes_rate": _rate([bool(s.label) for s in samples]),
+        "n": len(samples), "by_kind": {k: {"accuracy": _rate(v), "n": len(v)} for k, v in sorted(groups.items())},
+    }
+
+
+def _match_report(samples: Sequence[ToySample], matched: Sequence[bool]) -> dict[str, Any]:
+    groups: dict[str, list[bool]] = {}
+    for s, ok in zip(samples, matched):
+        groups.setdefault(s.tag or s.kind, []).append(ok)
+    return {"accuracy": _rate(list(matched)), "n": len(samples), "by_kind": {k: {"accuracy": _rate(v), "n": len(v)} for k, v in sorted(groups.items())}}
+
+
+GATES = {"attribute": 0.95, "presence": 0.90, "introduced": 0.85}
+
+
+def evaluate_quality(model: LlavaForConditionalGeneration, encoder: Encoder, eval_set: EvalSet, bank: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    """Held-out quality of the base before any personalization, with the issue's gates.
+
+    Returns:
+        ``attribute`` (exact bare-word answers to world attribute questions: "this subject" alone
+        or "the red pet" among others), ``conversation`` (exact conversation.yaml answers),
+        ``presence`` (described subject, yes/no accuracy and yes-rate), ``introduced`` (subject
+        introduced by a description, pool names; half the negatives one-fine-attribute
+        lookalikes), ``introduced_new_identifier`` (the same with mean-initialised identifiers),
+        ``text`` (text-only answers about an introduced subject), ``category``, and ``gates``.
+    """
+    model.eval()
+    report: dict[str, Any] = {
+        "attribute": _match_report(eval_set.attribute, exact_matches(model, encoder, eval_set.attribute, bank)),
+        "conversation": _match_report(eval_set.conversation, exact_matches(model, encoder, eval_set.conversation, bank)),
+        "text": _match_report(eval_set.text, exact_matches(model, encoder, eval_set.text, bank)),
+        "presence": _yes_no_report(eval_set.presence, yes_no_predictions(model, encoder, eval_set.presence, bank)),
+        "introduced": _yes_no_report(eval_set.introduced, yes_no_predictions(model, encoder, eval_set.introduced, bank)),
+        "introduced_new_identifier": _yes_no_report(
+            eval_set.introduced, yes_no_predictions(model, encoder, eval_set.introduced, bank, fresh=torch.Generator().manual_seed(seed))
+        ),
+        "category": _yes_no_report(eval_set.category, yes_no_predictions(model, encoder, eval_set.category, bank)),
+    }
+    report["gates"] = {
+        "attribute>=0.95": report["attribute"]["accuracy"] >= GATES["attribute"],
+        "presence>=0.90": report["presence"]["accuracy"] >= GATES["presence"],
+        "presence_yes_rate_within_0.05": abs(report["presence"]["yes_rate"] - report["presence"]["true_yes_rate"]) <= 0.05,
+        "introduced>=0.85": report["introduced"]["accuracy"] >= GATES["introduced"],
+        "introduced_fine_lookalikes>=0.85": report["introduced"]["by_kind"].get("negative:fine", {}).get("accuracy", 0) >= GATES["introduced"],
+    }
+    return report
+
+
+def quick_report(report: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of :func:`evaluate_quality` (for progress logs)."""
+    return {
+        "attribute": report["attribute"]["accuracy"], "conversation": report["conversation"]["accuracy"],
+        "text": report["text"]["accuracy"], "presence": report["presence"]["accuracy"],
+        "presence_yes_rate": report["presence"]["yes_rate"], "introduced": report["introduced"]["accuracy"],
+        "introduced_fine": report["introduced"]["by_kind"].get("negative:fine", {}).get("accuracy", float("nan")),
+        "introduced_new_id": report["introduced_new_identifier"]["accuracy"], "category": report["category"]["accuracy"],
+    }
