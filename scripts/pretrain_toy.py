@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
 from yollava.images import file_sha256
 from yollava.toyworld import llava as toy
@@ -166,17 +167,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-items", type=int, default=400, help="held-out items per gate")
     parser.add_argument("--stage-steps", default="", help="override steps per stage, e.g. language=200,instruct=1000 (experiments)")
+    parser.add_argument("--stage-set", default="", help="override stage fields, e.g. instruct.trains=all,instruct.lr=2e-3 (experiments)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage, into a temp folder (pipeline check)")
+    parser.add_argument("--init", type=Path, default=None, help="start from this saved toy LLaVA (its tokenizer too) instead of a fresh one")
+    parser.add_argument("--stages", default="", help="run only these stages, e.g. vision,instruct (with --init)")
+    parser.add_argument("--eval-only", action="store_true", help="with --init: no training, re-run the held-out evaluation and rewrite the report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     config = toy.PretrainConfig(seed=args.seed)
     heldout_count = 2000
+    if args.eval_only and args.init is None:
+        raise SystemExit("--eval-only needs --init DIR (the model to evaluate)")
+    if args.eval_only:
+        config.stages = []
+    if args.stages:
+        wanted = args.stages.split(",")
+        unknown = set(wanted) - {s.name for s in config.stages}
+        if unknown:
+            raise SystemExit(f"unknown stage(s) {sorted(unknown)}; the recipe has {[s.name for s in config.stages]}")
+        config.stages = [s for s in config.stages if s.name in wanted]
+    for item in filter(None, args.stage_set.split(",")):
+        key, value = item.split("=")
+        name, field_name = key.split(".")
+        stage = next(s for s in config.stages if s.name == name)
+        setattr(stage, field_name, type(getattr(stage, field_name))(value))
     for item in filter(None, args.stage_steps.split(",")):
         name, steps = item.split("=")
         next(s for s in config.stages if s.name == name).steps = int(steps)
     if args.quick:
         config.train_scenes, heldout_count, args.eval_items = 600, 300, 40
+        config.known_scenes, config.known_heldout_scenes = (3, 2), (2, 1)
         for stage in config.stages:
             stage.steps, stage.warmup = 4, 2
         config.log_every, config.eval_every = 2, 4
@@ -185,24 +206,41 @@ def main() -> None:
     def log(line: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f}s] {line}", flush=True)
 
-    clip_model, _, _ = create_toy_clip(weights=args.clip_weights)
-    words = toy.required_words()
-    tokenizer_json = toy.build_tokenizer(words)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_json.save(str(Path(tmp) / toy.TOKENIZER_FILE))
-        tokenizer = toy.wrap_tokenizer(Path(tmp) / toy.TOKENIZER_FILE)
-    model = toy.new_model(config.arch, tokenizer, clip_model, seed=config.seed)
+    if args.init is not None:
+        tokenizer_json = Tokenizer.from_file(str(args.init / toy.TOKENIZER_FILE))
+        tokenizer = toy.wrap_tokenizer(args.init / toy.TOKENIZER_FILE)
+        model = toy.load_toy_base(args.init).model
+        log(f"starting from {args.init}")
+    else:
+        clip_model, _, _ = create_toy_clip(weights=args.clip_weights)
+        words = toy.required_words()
+        tokenizer_json = toy.build_tokenizer(words)
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer_json.save(str(Path(tmp) / toy.TOKENIZER_FILE))
+            tokenizer = toy.wrap_tokenizer(Path(tmp) / toy.TOKENIZER_FILE)
+        model = toy.new_model(config.arch, tokenizer, clip_model, seed=config.seed)
     exclude = toy.excluded_identities(config.excluded_seeds, config.excluded_max_concepts)
     log(f"tokenizer {len(tokenizer)} entries; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(exclude)} excluded identities")
 
     train_scenes = [toy.draw_scene(config.seed, TRAIN_STREAM, i, IMAGE_SIZE, exclude) for i in range(config.train_scenes)]
     heldout_scenes = [toy.draw_scene(config.seed, HELDOUT_STREAM, i, IMAGE_SIZE, exclude) for i in range(heldout_count)]
-    train_bank = toy.scene_features(model, train_scenes)
-    heldout_bank = toy.scene_features(model, heldout_scenes)
+    # known identities: fixed subjects behind <p00>..<p63>, with their own scenes (and their lookalikes')
+    known = toy.known_identities(config.seed, exclude)
+    extra, owners = toy.known_scenes(config.seed, f"{TRAIN_STREAM}/known", known, IMAGE_SIZE, exclude, *config.known_scenes)
+    train_owners = {len(train_scenes) + i: o for i, o in enumerate(owners)}
+    train_scenes += extra
+    extra, owners = toy.known_scenes(config.seed, f"{HELDOUT_STREAM}/known", known, IMAGE_SIZE, exclude, *config.known_heldout_scenes)
+    heldout_owners = {len(heldout_scenes) + i: o for i, o in enumerate(owners)}
+    heldout_scenes += extra
+    if any(stage.trains.startswith("vision+") for stage in config.stages):
+        # the tower trains in some stage: features are computed from pixels at every step
+        train_bank, heldout_bank = toy.PixelBank(model, train_scenes), toy.PixelBank(model, heldout_scenes)
+    else:
+        train_bank, heldout_bank = toy.scene_features(model, train_scenes), toy.scene_features(model, heldout_scenes)
     log(f"features of {len(train_scenes)} training and {len(heldout_scenes)} held-out scenes: {tuple(train_bank.shape)}")
 
-    train_mix = toy.DataMix(train_scenes, exclude)
-    heldout_mix = toy.DataMix(heldout_scenes, exclude)
+    train_mix = toy.DataMix(train_scenes, exclude, known=known, owners=train_owners)
+    heldout_mix = toy.DataMix(heldout_scenes, exclude, known=known, owners=heldout_owners)
     encoder = toy.Encoder(tokenizer, model.config.image_token_id, train_bank.shape[1])
     check = random.Random(config.seed)
     if any(tokenizer.unk_token_id in encoder(train_mix.sample(check, config.mix)).ids for _ in range(2000)):
@@ -213,7 +251,7 @@ def main() -> None:
     history = []
     for stage in config.stages:
         log(f"stage {stage.name}: {stage.steps} steps, trains {stage.trains}, data {stage.task}")
-        evaluate = (lambda: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, heldout_bank, config.seed))) if stage.task == "mix" else None
+        evaluate = (lambda: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, heldout_bank, config.seed))) if stage.task in ("mix", "text") else None
         if stage.task == "align":
             history += toy.align_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
         else:
@@ -224,14 +262,26 @@ def main() -> None:
     log(f"held-out quality: {json.dumps(toy.quick_report(quality))}")
     log(f"gates: {json.dumps(quality['gates'])}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    # everything is written into a staging folder that replaces --out only when complete
+    final_out = args.out
+    args.out = final_out.with_name(final_out.name + ".staging")
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
     config_record = {"clip_weights_sha256": file_sha256(args.clip_weights), "generator_version": GENERATOR_VERSION}
     toy.save_toy_llava(args.out, model, tokenizer_json, config.arch, config_record)
     concept_step = measure_concept_step(args.out)
     log(f"concept training step: {concept_step}")
+    if args.eval_only:
+        # the model is unchanged: keep how it was trained
+        prior = json.loads((args.init / toy.QUALITY_FILE).read_text(encoding="utf-8"))
+        history, train_seconds = prior["history"], prior["train_seconds"]
+        config_report = prior["config"]
+        started = time.perf_counter() - prior["seconds"]
+    else:
+        config_report = {**asdict(config), "excluded_seeds": list(config.excluded_seeds)}
     report = {
         "model_id": toy.MODEL_ID,
-        "config": {**asdict(config), "excluded_seeds": list(config.excluded_seeds)},
+        "config": config_report,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_mb": round((args.out / toy.WEIGHTS_FILE).stat().st_size / 1e6, 2),
         "tokenizer_size": len(tokenizer),
@@ -247,9 +297,17 @@ def main() -> None:
     }
     (args.out / toy.QUALITY_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_readme(args.out, report)
-    log(f"wrote {args.out} ({report['weights_mb']} MB weights) in {report['seconds'] / 60:.1f} minutes")
+    if final_out.exists():
+        old = final_out.with_name(final_out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final_out.rename(old)
+        args.out.rename(final_out)
+        shutil.rmtree(old)
+    else:
+        args.out.rename(final_out)
+    log(f"wrote {final_out} ({report['weights_mb']} MB weights) in {report['seconds'] / 60:.1f} minutes")
     if args.quick:
-        shutil.rmtree(args.out)
+        shutil.rmtree(final_out)
 
 
 if __name__ == "__main__":

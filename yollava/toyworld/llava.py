@@ -87,6 +87,10 @@ UNK, BOS, EOS, PAD, IMAGE = SPECIAL_TOKENS
 # round pet. Is <x07> in this photo?"). A concept called x00..x31 would clash and is refused by
 # yollava.concept.attach with a rename hint.
 NAME_TOKENS = tuple(f"<x{i:02d}>" for i in range(32))
+# Names of fixed pretraining identities ("known subjects"): each always means the same subject, so
+# "Is <p07> in this photo?" is learnable image by image, and the model learns what a concept
+# identifier is for: an embedding that says what to look for (see DataMix.named).
+KNOWN_TOKENS = tuple(f"<p{i:02d}>" for i in range(64))
 # Words, "'s" (one token, so "Riley's" decodes back to "Riley's"), and single punctuation marks.
 WORD_PATTERN = r"'s|\w+|[^\w\s]"
 _TEMPLATE_FIELD = re.compile(r"\{\w+\}")
@@ -173,6 +177,11 @@ def conversation_answer(subject: Subject, question: str, name: str) -> str:
     }
     if question not in rules:
         raise YollavaError(f"toy LLaVA: no answer rule for conversation question {question!r}; add one in conversation_answer")
+    for attribute, template in TEXT_QUESTIONS.items():
+        if template == question:
+            # the world's question bank asks this exact question too ("What shape is {name}?"):
+            # one question must have one answer format, and the benchmark's is the bare word
+            return attribute_answer(subject, attribute)
     return rules[question]
 
 
@@ -229,7 +238,7 @@ def _data_words() -> set[str]:
     words: set[str] = set()
     texts = [*CAPTION_QUESTIONS, *PRESENCE_QUESTIONS, *TEXT_QUESTIONS.values(), *VISUAL_QUESTIONS.values()]
     texts += [a for answers in PRESENCE_ANSWERS.values() for a in answers]
-    texts += ["the subject", "one", "this subject", "Riley"]
+    texts += ["the subject", "one", "this subject", "Riley", "Describe"]
     rng = random.Random(0)
     bank = conversation_bank()
     for _ in range(400):
@@ -265,13 +274,14 @@ def build_tokenizer(words: Sequence[str]) -> Tokenizer:
     ``<x00>``…, then ``words`` in order. ``<s>`` is prepended by the post-processor. The decoder
     joins words with spaces and glues punctuation back ("Yes, Riley's hat.").
     """
-    tokens = [*SPECIAL_TOKENS, *NAME_TOKENS, *[w for w in words if w not in SPECIAL_TOKENS and w not in NAME_TOKENS]]
+    names = (*NAME_TOKENS, *KNOWN_TOKENS)
+    tokens = [*SPECIAL_TOKENS, *names, *[w for w in words if w not in SPECIAL_TOKENS and w not in names]]
     tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     # the same kind of AddedToken yollava.concept.attach adds for concept identifiers
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in NAME_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in names])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokens.index(BOS))]
     )
@@ -445,6 +455,40 @@ def draw_scene(seed: int, stream: str, index: int, image_size: int, exclude: fro
     return sample_scene(rng, main, image_size=image_size, n_distractors=count, exclude=exclude)
 
 
+def known_identities(seed: int, exclude: frozenset) -> list[Subject]:
+    """The subjects behind :data:`KNOWN_TOKENS` (distinct, never a benchmark identity)."""
+    rng = random.Random(f"{seed}:known-identities")
+    out: list[Subject] = []
+    while len(out) < len(KNOWN_TOKENS):
+        subject = sample_subject(rng, exclude=exclude)
+        if subject not in out:
+            out.append(subject)
+    return out
+
+
+def known_scenes(seed: int, stream: str, identities: Sequence[Subject], image_size: int, exclude: frozenset,
+                 positives: int, lookalikes: int) -> tuple[list[Scene], list[tuple[int, bool]]]:
+    """Scenes of each known identity (as main subject) and of its one-attribute lookalikes.
+
+    Returns:
+        The scenes and, per scene, (identity index, whether the identity itself is in it).
+    """
+    banned = exclude | frozenset(identities)
+    scenes: list[Scene] = []
+    owners: list[tuple[int, bool]] = []
+    for i, subject in enumerate(identities):
+        for j in range(positives + lookalikes):
+            rng = item_rng(seed, f"{stream}/{i}", j)
+            main = subject
+            if j >= positives:
+                main = None
+                while main is None or main in banned:
+                    main = _lookalike(subject, rng.choice([*FINE_ATTRIBUTES, "color", "family", "shape", "size"]), rng)
+            scenes.append(sample_scene(rng, main, image_size=image_size, n_distractors=rng.randint(0, 3), exclude=banned))
+            owners.append((i, j < positives))
+    return scenes, owners
+
+
 @torch.no_grad()
 def scene_features(model: LlavaForConditionalGeneration, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:
     """The frozen vision tower's selected features (before the projector), ``[N, patches, width]`` fp16.
@@ -459,6 +503,32 @@ def scene_features(model: LlavaForConditionalGeneration, scenes: Sequence[Scene]
         hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
         out.append(hidden[:, 1:].to(torch.float16))
     return torch.cat(out)
+
+
+class PixelBank:
+    """Scenes kept as uint8 pixels; indexing runs the (trainable) vision tower, like a feature bank.
+
+    Stages that fine-tune the vision tower cannot use precomputed features. ``bank[indices]``
+    returns the selected layer's patch features ``[B, patches, width]`` with gradients when the
+    tower trains (30k scenes x 64 x 64 x 3 = 370 MB).
+    """
+
+    def __init__(self, model: LlavaForConditionalGeneration, scenes: Sequence[Scene], batch_size: int = 512):
+        self.model = model
+        chunks = []
+        for start in range(0, len(scenes), batch_size):
+            chunks.append(torch.from_numpy(np.stack([np.asarray(render_scene(s)) for s in scenes[start : start + batch_size]])))
+        self.pixels = torch.cat(chunks)
+        patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+        self.shape = (len(scenes), patches, model.config.vision_config.hidden_size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        pixels = images_to_tensor(self.pixels[index].numpy())
+        hidden = self.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[self.model.config.vision_feature_layer]
+        return hidden[:, 1:]
 
 
 # ----------------------------------------------------------------------------- the data mix
@@ -494,17 +564,32 @@ def _lookalike(subject: Subject, attribute: str, rng: random.Random) -> Subject 
         return None
 
 
+def _verify_question(name: str, target: Subject, attribute: str, positive: bool, rng: random.Random) -> str:
+    """"Is {name} red?" about ``target``'s true value (positive) or another value of the attribute."""
+    value = getattr(target, attribute)
+    if not positive:
+        value = rng.choice([v for v in ATTRIBUTES[attribute] if v not in (value, "none")])
+    return {
+        "family": f"Is {name} {_a(str(value))}?",
+        "accessory": f"Does {name} have {_a(str(value))}?",
+        "accessory_color": f"Is the {target.accessory} of {name} {value}?",
+    }.get(attribute, f"Is {name} {value}?")
+
+
 @dataclass
 class MixWeights:
     """Share of each task in instruction tuning (normalised when sampling)."""
 
-    caption: float = 0.08
-    attribute: float = 0.24
-    presence: float = 0.18
-    introduced: float = 0.28
-    text: float = 0.12
-    category: float = 0.04
-    visual: float = 0.06
+    caption: float = 0.02
+    attribute: float = 0.17
+    verify: float = 0.08
+    presence: float = 0.1
+    introduced: float = 0.1
+    text: float = 0.07
+    category: float = 0.02
+    visual: float = 0.01
+    named: float = 0.35
+    named_text: float = 0.08
 
 
 class DataMix:
@@ -518,7 +603,10 @@ class DataMix:
 
     NEGATIVE_KINDS = (("fine", 0.45), ("coarse", 0.25), ("random", 0.15), ("distractor", 0.15))
 
-    def __init__(self, scenes: Sequence[Scene], exclude: frozenset, names: Sequence[str] = NAME_TOKENS):
+    def __init__(self, scenes: Sequence[Scene], exclude: frozenset, names: Sequence[str] = NAME_TOKENS,
+                 known: Sequence[Subject] = (), owners: dict[int, tuple[int, bool]] | None = None):
+        self.negative_kinds: Sequence[tuple[str, float]] = self.NEGATIVE_KINDS
+        self.single_share = 0.0
         self.scenes = list(scenes)
         self.exclude = exclude
         self.names = list(names)
@@ -527,6 +615,12 @@ class DataMix:
         self.single = [i for i, s in enumerate(self.scenes) if not s.distractors]
         self.single_person = [i for i in self.single if self.scenes[i].main.subject.is_person]
         self.single_other = [i for i in self.single if not self.scenes[i].main.subject.is_person]
+        # known identities: scene indices where each appears, and of its lookalikes
+        self.known = list(known)
+        owners = owners or {}
+        self.known_in = {k: [i for i, (o, pos) in owners.items() if o == k and pos] for k in range(len(self.known))}
+        self.known_look = {k: [i for i, (o, pos) in owners.items() if o == k and not pos] for k in range(len(self.known))}
+        self.plain = [i for i in range(len(self.scenes)) if i not in owners]
 
     # -- pieces
 
@@ -534,7 +628,7 @@ class DataMix:
         """A subject absent from ``scene`` and not a benchmark identity, with the kind of negative."""
         present = {p.subject for p in scene.subjects}
         for _ in range(50):
-            chosen = kind or rng.choices([k for k, _ in self.NEGATIVE_KINDS], [w for _, w in self.NEGATIVE_KINDS])[0]
+            chosen = kind or rng.choices([k for k, _ in self.negative_kinds], [w for _, w in self.negative_kinds])[0]
             if chosen == "fine":
                 candidate = _lookalike(scene.main.subject, rng.choice(FINE_ATTRIBUTES), rng)
             elif chosen == "coarse":
@@ -596,6 +690,46 @@ class DataMix:
                 return ToySample("attribute", attribute_question(attribute, reference, target), attribute_answer(target, attribute), index, tag=attribute)
         return self.caption(index, rng)
 
+    def verify(self, index: int, rng: random.Random, positive: bool) -> ToySample:
+        """A one- or two-attribute yes/no question, the smallest comparison of text with the image.
+
+        "Is this subject striped?" on single-subject scenes, "Is the red pet round?" among others,
+        and "Is there a red pet in this photo?" (true when any subject matches).
+        """
+        scene = self.scenes[index]
+        if rng.random() < 0.3:
+            first, second = rng.choice((("color", "family"), ("pattern", "family"), ("size", "family"), ("color", "shape")))
+            target = rng.choice(scene.subjects).subject
+            values = {first: getattr(target, first), second: getattr(target, second)}
+            if not positive:
+                changed = rng.choice((first, second))
+                values[changed] = rng.choice([v for v in ATTRIBUTES[changed] if v != values[changed]])
+            truth = any(all(getattr(p.subject, a) == v for a, v in values.items()) for p in scene.subjects)
+            words = f"{values[first]} {values[second]}" if second == "family" else f"{values[first]} {values[second]} subject"
+            return ToySample("verify", f"Is there {_a(words)} in this photo?", CATEGORY_ANSWERS[truth], index, truth, "partial")
+        target = scene.main.subject if not scene.distractors else rng.choice(scene.subjects).subject
+        attributes = [a for a in ATTRIBUTES if a not in ("accessory", "accessory_color") or target.accessory != "none"]
+        for _ in range(10):
+            attribute = rng.choice(attributes)
+            name = STAND_IN["other"] if not scene.distractors else self._reference(scene, target, attribute, rng)
+            if name is not None:
+                break
+        else:
+            return self.presence(index, rng, positive)
+        return ToySample("verify", _verify_question(name, target, attribute, positive, rng), CATEGORY_ANSWERS[positive], index, positive, attribute)
+
+    def text_verify(self, subject: Subject, rng: random.Random, positive: bool) -> ToySample:
+        """"<x03> is a red … hat. Is <x03> striped?": a yes/no comparison in text alone.
+
+        Equality of a described and an asked attribute is an interaction with no first-order signal;
+        small transformers learn it after a long plateau (about 600 steps of batch 32 here), which is
+        far cheaper on short text than with 64 image tokens, and the image comparisons build on it.
+        """
+        name = self._name(rng)
+        attribute = rng.choice([a for a in ATTRIBUTES if a not in ("accessory", "accessory_color") or subject.accessory != "none"])
+        question = _verify_question(name, subject, attribute, positive, rng)
+        return ToySample("text_verify", f"{name} is {describe_subject(subject)}. {question}", CATEGORY_ANSWERS[positive], None, positive, attribute)
+
     def presence(self, index: int, rng: random.Random, positive: bool) -> ToySample:
         """"Is there a small red striped round pet with a blue hat in this photo?" (full description)."""
         subject, tag = self._described(self.scenes[index], rng, positive)
@@ -632,6 +766,34 @@ class DataMix:
         attribute = rng.choice([a for a in ATTRIBUTES if a != "accessory_color" or subject.accessory != "none"])
         return ToySample("text", f"{intro} {attribute_question(attribute, name, subject)}", attribute_answer(subject, attribute), tag=attribute)
 
+    def named(self, rng: random.Random, positive: bool, eval_question: bool = False) -> ToySample:
+        """"Is <p07> in this photo?" about a known identity: in the scene, or a lookalike / other subject instead."""
+        k = rng.randrange(len(self.known))
+        token, subject = KNOWN_TOKENS[k], self.known[k]
+        if positive:
+            index, tag = rng.choice(self.known_in[k]), "main"
+        elif rng.random() < 0.5:
+            index, tag = rng.choice(self.known_look[k]), "lookalike"
+        else:
+            while True:
+                index = rng.choice(self.plain)
+                if all(p.subject != subject for p in self.scenes[index].subjects):
+                    break
+            tag = "random"
+        rec = self.recognition
+        question = rec["eval_question"] if eval_question else rng.choice(rec["questions"])
+        answer = ("Yes." if positive else "No.") if eval_question else rng.choice(rec["positive_answers" if positive else "negative_answers"])
+        return ToySample("named", question.replace("{name}", token), answer.replace("{name}", token), index, positive, tag)
+
+    def named_text(self, rng: random.Random) -> ToySample:
+        """"What colour is <p07>?" with no image: the identity's attributes, from its name alone."""
+        k = rng.randrange(len(self.known))
+        token, subject = KNOWN_TOKENS[k], self.known[k]
+        if rng.random() < 0.3:
+            return ToySample("named_text", f"Describe {token}.", _capital(describe_subject(subject)) + ".", tag="describe")
+        attribute = rng.choice([a for a in ATTRIBUTES if a != "accessory_color" or subject.accessory != "none"])
+        return ToySample("named_text", attribute_question(attribute, token, subject), attribute_answer(subject, attribute), tag=attribute)
+
     def category(self, rng: random.Random, positive: bool) -> ToySample:
         """conversation.yaml's category question on a single-subject scene, balanced person / not."""
         index = rng.choice(self.single_person if positive else self.single_other)
@@ -660,20 +822,29 @@ class DataMix:
         kinds = list(asdict(weights))
         kind = rng.choices(kinds, [getattr(weights, k) for k in kinds])[0]
         index = rng.randrange(len(self.scenes))
+        if kind in ("verify", "presence", "introduced") and rng.random() < self.single_share:
+            index = rng.choice(self.single)
         positive = rng.random() < 0.5
         if kind == "caption":
             return self.caption(index, rng)
         if kind == "attribute":
             # half the attribute questions on single-subject scenes, where "this subject" is unambiguous
             return self.attribute(rng.choice(self.single) if rng.random() < 0.5 else index, rng)
+        if kind == "verify":
+            return self.verify(index, rng, positive)
         if kind == "presence":
             return self.presence(index, rng, positive)
         if kind == "introduced":
             return self.introduced(index, rng, positive, eval_question=rng.random() < 0.25)
         if kind == "text":
-            return self.text(self.scenes[index].main.subject if rng.random() < 0.5 else sample_subject(rng, exclude=self.exclude), rng)
+            subject = self.scenes[index].main.subject if rng.random() < 0.5 else sample_subject(rng, exclude=self.exclude)
+            return self.text_verify(subject, rng, positive) if rng.random() < 0.5 else self.text(subject, rng)
         if kind == "category":
             return self.category(rng, positive)
+        if kind == "named":
+            return self.named(rng, positive, eval_question=rng.random() < 0.25)
+        if kind == "named_text":
+            return self.named_text(rng)
         return self.visual(index, rng)
 
 
@@ -785,9 +956,17 @@ class StageConfig:
     name: str
     steps: int
     lr: float
-    trains: str  # "language" (LM only), "projector", or "all" (LM + projector)
+    trains: str  # "language" (LM only), "projector", "all" (LM + projector), "vision+projector" or "vision+all"
     task: str  # "text" (text-only answers), "caption", "align" (see align_projector), or "mix"
     warmup: int = 50
+    # kinds of absent subjects in yes/no questions, with weights (None: DataMix.NEGATIVE_KINDS)
+    negatives: tuple[tuple[str, float], ...] | None = None
+    # share of yes/no questions asked about single-subject scenes (the rest: any scene)
+    single_share: float = 0.0
+    # task shares of a "mix" stage (None: PretrainConfig.mix)
+    mix: MixWeights | None = None
+    # learning rate of the vision tower relative to ``lr`` (stages that train it)
+    vision_lr_scale: float = 0.3
 
 
 @dataclass
@@ -797,6 +976,9 @@ class PretrainConfig:
     seed: int = 0
     arch: ToyLlavaArch = field(default_factory=ToyLlavaArch)
     train_scenes: int = 30000
+    # scenes per known identity: (with it as main subject, with a one-attribute lookalike instead)
+    known_scenes: tuple[int, int] = (120, 40)
+    known_heldout_scenes: tuple[int, int] = (12, 6)
     batch_size: int = 32
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -804,9 +986,13 @@ class PretrainConfig:
     name_noise_low: float = 0.02
     mix: MixWeights = field(default_factory=MixWeights)
     stages: list[StageConfig] = field(default_factory=lambda: [
-        StageConfig("language", steps=1500, lr=2e-3, trains="language", task="text"),
-        StageConfig("projector", steps=3000, lr=3e-3, trains="projector", task="align"),
-        StageConfig("instruct", steps=3500, lr=1e-3, trains="all", task="mix", warmup=100),
+        # text first: answers about described and known subjects, and yes/no comparisons
+        StageConfig("language", steps=1000, lr=2e-3, trains="language", task="text", warmup=50),
+        StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"),
+        # the frozen contrastive features name shape, accessory and size poorly (alignment plateaus
+        # near 0.73): the tower itself learns to name the attributes, at a lower learning rate
+        StageConfig("vision", steps=1000, lr=2e-3, trains="vision+projector", task="align", vision_lr_scale=0.5),
+        StageConfig("instruct", steps=2000, lr=1e-3, trains="vision+all", task="mix", warmup=100),
     ])
     excluded_seeds: tuple[int, ...] = (0,)
     excluded_max_concepts: int = 20
@@ -829,8 +1015,20 @@ def _trainable(model: LlavaForConditionalGeneration, trains: str) -> list[torch.
         "language": [model.model.language_model, model.lm_head],
         "projector": [model.model.multi_modal_projector],
         "all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
+        "vision+projector": [model.model.multi_modal_projector],
+        "vision+all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
     }[trains]
     params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _vision_params(model: LlavaForConditionalGeneration, trains: str) -> list[torch.nn.Parameter]:
+    """The vision tower's parameters, made trainable, when the stage trains it (else [])."""
+    if not trains.startswith("vision+"):
+        return []
+    params = list(model.model.vision_tower.parameters())
     for p in params:
         p.requires_grad_(True)
     return params
@@ -840,7 +1038,11 @@ def _stage_sample(mix: DataMix, stage: StageConfig, rng: random.Random, weights:
     if stage.task == "caption":
         return mix.caption(rng.randrange(len(mix.scenes)), rng)
     if stage.task == "text":
-        return mix.text(sample_subject(rng, exclude=mix.exclude), rng)
+        draw = rng.random()
+        if mix.known and draw < 0.3:
+            return mix.named_text(rng)
+        subject = sample_subject(rng, exclude=mix.exclude)
+        return mix.text_verify(subject, rng, rng.random() < 0.5) if draw < 0.6 else mix.text(subject, rng)
     return mix.sample(rng, weights)
 
 
@@ -854,23 +1056,28 @@ def run_stage(
     stage, noise from a seeded torch generator.
     """
     params = _trainable(model, stage.trains)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=stage.lr, betas=(0.9, 0.98),
-    )
+    vision = _vision_params(model, stage.trains)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "scale": 1.0},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "scale": 1.0},
+    ]
+    if vision:
+        groups.append({"params": vision, "weight_decay": 0.0, "scale": stage.vision_lr_scale})
+    params = params + vision
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.98))
     rng = random.Random(f"{config.seed}:{stage.name}")
+    mix.negative_kinds = stage.negatives or DataMix.NEGATIVE_KINDS
+    mix.single_share = stage.single_share
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     history: list[dict[str, Any]] = []
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(stage.steps):
-        items = [encoder(_stage_sample(mix, stage, rng, config.mix)) for _ in range(config.batch_size)]
+        items = [encoder(_stage_sample(mix, stage, rng, stage.mix or config.mix)) for _ in range(config.batch_size)]
         batch = collate(items, encoder.tokenizer.pad_token_id)
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, stage)
+            group["lr"] = _lr(step, stage) * group["scale"]
         embeds = embed_batch(model, batch, bank)
         embeds = replace_names(
             embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight, len(encoder.tokenizer),
@@ -929,12 +1136,15 @@ def align_projector(
         p.requires_grad_(False)
     for p in projector.parameters():
         p.requires_grad_(True)
+    vision = _vision_params(model, stage.trains)
     words = attribute_word_ids(tokenizer)
     embed = F.normalize(model.model.language_model.embed_tokens.weight.detach(), dim=-1)
     hidden = embed.shape[1]
     queries = torch.nn.Parameter(0.02 * torch.randn(len(words), hidden))
-    params = [*projector.parameters(), queries]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    groups = [{"params": [*projector.parameters(), queries], "scale": 1.0}]
+    if vision:
+        groups.append({"params": vision, "scale": stage.vision_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=0.0)
     values = {a: [*v, *([None] if a == "accessory_color" else [])] for a, v in ATTRIBUTES.items()}
     targets = {a: torch.tensor([values[a].index(getattr(s.main.subject, a)) for s in mix.scenes]) for a in words}
     single = torch.tensor(mix.single)
@@ -943,7 +1153,7 @@ def align_projector(
     started = time.perf_counter()
     for step in range(stage.steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, stage)
+            group["lr"] = _lr(step, stage) * group["scale"]
         index = single[torch.randint(len(single), (2 * config.batch_size,), generator=generator)]
         tokens = projector(bank[index].float())
         attention = torch.softmax(torch.einsum("bph,ah->bap", tokens, queries) / math.sqrt(hidden), dim=-1)
@@ -964,7 +1174,7 @@ def align_projector(
             losses, hits = [], []
             history.append(record)
             log(json.dumps(record))
-    for p in projector.parameters():
+    for p in [*projector.parameters(), *vision]:
         p.requires_grad_(False)
     return history
 
@@ -980,8 +1190,10 @@ class EvalSet:
     conversation: list[ToySample]
     presence: list[ToySample]
     introduced: list[ToySample]
-    introduced_fresh: list[ToySample]
+    verify: list[ToySample]
+    text_verify: list[ToySample]
     text: list[ToySample]
+    named: list[ToySample]
     category: list[ToySample]
 
 
@@ -1015,9 +1227,15 @@ def build_eval_set(mix: DataMix, seed: int, n: int = 400) -> EvalSet:
             introduced.append(ToySample("introduced", f"{name} is {describe_subject(subject)}. {question}", "No.", index, False, "fine"))
         else:
             introduced.append(mix.introduced(index, rng, positive, eval_question=True, second=False))
+    verify = [mix.verify(rng.randrange(len(mix.scenes)), rng, i % 2 == 0) for i in range(n)]
+    text_verify = [mix.text_verify(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng, i % 2 == 0) for i in range(n)]
     text = [mix.text(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng) for _ in range(n)]
     category = [mix.category(rng, i % 2 == 0) for i in range(n // 2)]
-    return EvalSet(attribute[:n], conversation, presence, introduced, list(introduced), text, category)
+    named = [mix.named(rng, i % 2 == 0, eval_question=True) for i in range(n)] if mix.known else []
+    return EvalSet(
+        attribute=attribute[:n], conversation=conversation, presence=presence, introduced=introduced, verify=verify,
+        text_verify=text_verify, text=text, category=category, named=named,
+    )
 
 
 @torch.no_grad()
@@ -1108,6 +1326,9 @@ def evaluate_quality(model: LlavaForConditionalGeneration, encoder: Encoder, eva
             eval_set.introduced, yes_no_predictions(model, encoder, eval_set.introduced, bank, fresh=torch.Generator().manual_seed(seed))
         ),
         "category": _yes_no_report(eval_set.category, yes_no_predictions(model, encoder, eval_set.category, bank)),
+        "verify": _yes_no_report(eval_set.verify, yes_no_predictions(model, encoder, eval_set.verify, bank)),
+        "text_verify": _yes_no_report(eval_set.text_verify, yes_no_predictions(model, encoder, eval_set.text_verify, bank)),
+        "named": _yes_no_report(eval_set.named, yes_no_predictions(model, encoder, eval_set.named, bank)) if eval_set.named else None,
     }
     report["gates"] = {
         "attribute>=0.95": report["attribute"]["accuracy"] >= GATES["attribute"],
@@ -1127,4 +1348,8 @@ def quick_report(report: dict[str, Any]) -> dict[str, float]:
         "presence_yes_rate": report["presence"]["yes_rate"], "introduced": report["introduced"]["accuracy"],
         "introduced_fine": report["introduced"]["by_kind"].get("negative:fine", {}).get("accuracy", float("nan")),
         "introduced_new_id": report["introduced_new_identifier"]["accuracy"], "category": report["category"]["accuracy"],
+        "verify": report["verify"]["accuracy"], "verify_yes_rate": report["verify"]["yes_rate"],
+        "text_verify": report["text_verify"]["accuracy"],
+        **({"named": report["named"]["accuracy"], "named_yes_rate": report["named"]["yes_rate"],
+            "named_lookalike": report["named"]["by_kind"].get("negative:lookalike", {}).get("accuracy")} if report["named"] else {}),
     }
