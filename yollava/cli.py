@@ -24,7 +24,7 @@ err = Console(stderr=True)
 out = Console()
 
 STORE_HELP = "concept store folder"
-MODEL_HELP = "base model: hub id, local checkpoint folder, or 'tiny' (offline test model)"
+MODEL_HELP = "base model: hub id, local checkpoint folder, 'toy' (the pretrained toy-world LLaVA) or 'tiny' (random, for tests)"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -404,11 +404,11 @@ def show_config(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", help="folder for the generated photos, runs and concept"),
-    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
-    epochs: int = typer.Option(3, "--epochs", help="training epochs"),
+    out: Path = typer.Option(Path("demo"), "--out", help="folder for the toy world, runs and concept store"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: toy when its weights are installed, else tiny)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default: train.epochs)"),
 ) -> None:
-    """Offline quickstart: generate photos, train <bo>, chat about it, score recognition."""
+    """Offline quickstart: generate a small toy world, train <ozzy> on the toy LLaVA, chat about it, score recognition."""
     from yollava.demo import run_demo
 
     run_demo(out, model=model, epochs=epochs, console=err)
