@@ -1,0 +1,112 @@
+"""Train the toy LLaVA on one task alone and print held-out accuracy every 100 steps.
+
+These focused probes are how the toy LLaVA's blockers were measured (see README "The toy world"):
+    python scripts/probe_toy_llava.py --task text_verify --steps 900 --lr 2e-3        # "X is … . Is X red?"
+    python scripts/probe_toy_llava.py --task verify --steps 300 --init DIR             # "Is this subject medium?" on the image
+    python scripts/probe_toy_llava.py --task attribute --steps 400 --init DIR --tower  # "What colour is this subject?"
+    python scripts/probe_toy_llava.py --task named --steps 800 --known 16 --tower      # "Is <p03> in this photo?"
+
+Without ``--init`` the language model is fresh (random) on top of the toy CLIP's tower; ``--tower``
+trains the tower too. One thread, deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from yollava.toyworld import llava as toy
+from yollava.toyworld.clip import create_toy_clip
+from yollava.toyworld.world import sample_subject
+
+TASKS = ("text_verify", "verify", "attribute", "named")
+
+
+def build_model(init: Path | None):
+    if init is not None:
+        base = toy.load_toy_base(init)
+        return base.model, base.tokenizer
+    clip, _, _ = create_toy_clip()
+    folder = Path(tempfile.mkdtemp(prefix="probe_tokenizer_"))
+    toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
+    tokenizer = toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE)
+    return toy.new_model(toy.ToyLlavaArch(), tokenizer, clip, seed=0), tokenizer
+
+
+def build_mix(stream: str, scenes: int, known: list, per_identity: tuple[int, int], exclude: frozenset) -> toy.DataMix:
+    """Scenes of ``stream`` (single-subject ones for the image probes) plus the known identities' scenes."""
+    plain = [toy.draw_scene(0, stream, i, 64, exclude, 0) for i in range(scenes)]
+    extra, owners = toy.known_scenes(0, f"{stream}/known", known, 64, exclude, *per_identity) if known else ([], [])
+    return toy.DataMix(plain + extra, exclude, known=known, owners={len(plain) + i: o for i, o in enumerate(owners)})
+
+
+def draw(mix: toy.DataMix, task: str, rng: random.Random, eval_question: bool = False) -> toy.ToySample:
+    positive = rng.random() < 0.5
+    if task == "text_verify":
+        return mix.text_verify(sample_subject(rng, exclude=mix.exclude), rng, positive)
+    if task == "verify":
+        return mix.verify(rng.randrange(len(mix.scenes)), rng, positive)
+    if task == "named":
+        return mix.named(rng, positive, eval_question=eval_question or rng.random() < 0.25)
+    while True:
+        sample = mix.attribute(rng.randrange(len(mix.scenes)), rng)
+        if sample.kind == "attribute":
+            return sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--init", type=Path, default=None, help="a saved toy LLaVA to start from (default: fresh language model)")
+    parser.add_argument("--tower", action="store_true", help="train the vision tower too (at half the learning rate)")
+    parser.add_argument("--known", type=int, default=16, help="known identities (task named)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, tokenizer = build_model(args.init)
+    exclude = toy.excluded_identities()
+    known = toy.known_identities(0, exclude)[: args.known] if args.task == "named" else []
+    train = build_mix("llava-train", 3000, known, (120, 40), exclude)
+    heldout = build_mix("llava-heldout", 300, known, (12, 6), exclude)
+    if args.tower:
+        bank, heldout_bank = toy.PixelBank(model, train.scenes), toy.PixelBank(model, heldout.scenes)
+    else:
+        bank, heldout_bank = toy.scene_features(model, train.scenes), toy.scene_features(model, heldout.scenes)
+    encoder = toy.Encoder(tokenizer, model.config.image_token_id, bank.shape[1])
+    train.sample = lambda rng, weights: draw(train, args.task, rng)
+    rng = random.Random(1)
+    items = [draw(heldout, args.task, rng, eval_question=True) for _ in range(300)]
+    yes_no = args.task != "attribute"
+
+    def evaluate() -> dict:
+        if yes_no:
+            predicted = toy.yes_no_predictions(model, encoder, items, heldout_bank)
+            correct = [p == s.label for p, s in zip(predicted, items)]
+        else:
+            predicted = correct = toy.exact_matches(model, encoder, items, heldout_bank)
+        hits, totals = Counter(), Counter()
+        for sample, ok in zip(items, correct):
+            hits[sample.tag] += ok
+            totals[sample.tag] += 1
+        report = {"accuracy": round(sum(correct) / len(correct), 3)}
+        if yes_no:
+            report["yes_rate"] = round(sum(predicted) / len(predicted), 3)
+        return {**report, **{tag: round(hits[tag] / totals[tag], 2) for tag in sorted(totals)}}
+
+    stage = toy.StageConfig("probe", steps=args.steps, lr=args.lr, trains="vision+all" if args.tower else "all", task="mix",
+                            warmup=30, vision_lr_scale=0.5)
+    config = toy.PretrainConfig()
+    config.eval_every, config.log_every = 100, 50
+    print(json.dumps({"step": 0, "eval": evaluate()}), flush=True)
+    toy.run_stage(model, stage, config, train, bank, encoder, lambda line: print(line, flush=True), evaluate)
+
+
+if __name__ == "__main__":
+    main()
