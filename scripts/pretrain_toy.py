@@ -113,7 +113,8 @@ Loaded by `yollava.models.load_base(ModelConfig(name="toy"))` → `yollava.toywo
 - projector: LLaVA-1.5's 2-layer GELU MLP (96 → {arch['hidden_size']} → {arch['hidden_size']});
 - language model: Llama, hidden {arch['hidden_size']}, {arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads, MLP {arch['intermediate_size']}, untied head;
 - tokenizer: word level (`tokenizers` WordLevel, offsets for label masks), {report['tokenizer_size']} entries:
-  `<unk> <s> </s> <pad> <image>`, 32 placeholder names `<x00>`…`<x31>`, every word of the toy world,
+  `<unk> <s> </s> <pad> <image>`, 32 placeholder names `<x00>`…`<x31>`, 64 names of fixed known
+  identities `<p00>`…`<p63>`, every word of the toy world,
   of `templates/*.yaml` and of the pretraining answers (with capitalised forms). `<s>` is prepended;
   " Yes" / " No" are single tokens. Embedding rows are padded to {report['embedding_rows']} (concept tokens are added past them).
 
@@ -149,6 +150,8 @@ identifier initialised by `concept.init=mean` (the default) is read as a name.
 - yes/no for a subject introduced by a description (eval question of templates/recognition.yaml): {yes_no('introduced')}
 - the same with a new, mean-initialised identifier instead of a placeholder name: {yes_no('introduced_new_identifier')}
 - category question ("Is the main subject of this photo a person?"): {q['category']['accuracy']:.3f}
+- yes/no comparisons: on the image ("Is this subject striped?") {yes_no('verify')}; in text ("<x03> is … . Is <x03> striped?") {yes_no('text_verify')}
+- known identities ("Is <p07> in this photo?", new scenes): {yes_no('named') if q.get('named') else 'not trained'}
 
 Cost of one concept-training step (yollava's path, batch 1, k=16, {report['concept_step']['prompt_tokens']} tokens, forward + backward + AdamW):
 median {report['concept_step']['median_ms']} ms on {report['torch_threads']} thread(s).

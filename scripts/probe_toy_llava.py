@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None, help="a saved toy LLaVA to start from (default: fresh language model)")
     parser.add_argument("--tower", action="store_true", help="train the vision tower too (at half the learning rate)")
     parser.add_argument("--known", type=int, default=16, help="known identities (task named)")
+    parser.add_argument("--bare", action="store_true", help="task named: always the eval question with a bare Yes./No. answer")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = build_model(args.init)
@@ -80,7 +81,7 @@ def main() -> None:
     else:
         bank, heldout_bank = toy.scene_features(model, train.scenes), toy.scene_features(model, heldout.scenes)
     encoder = toy.Encoder(tokenizer, model.config.image_token_id, bank.shape[1])
-    train.sample = lambda rng, weights: draw(train, args.task, rng)
+    train.sample = lambda rng, weights: draw(train, args.task, rng, eval_question=args.bare)
     rng = random.Random(1)
     items = [draw(heldout, args.task, rng, eval_question=True) for _ in range(300)]
     yes_no = args.task != "attribute"
