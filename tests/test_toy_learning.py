@@ -22,6 +22,7 @@ from yollava.models import load_base
 from yollava.prompts import ChatFormat, RecognitionBank
 from yollava.toyworld import llava as toy
 from yollava.toyworld.benchmark import generate_benchmark
+from yollava.train import train_concept
 
 pytestmark = pytest.mark.skipif(
     not (toy.TOY_LLAVA_ASSETS / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
@@ -48,7 +49,7 @@ def test_trained_concept_beats_the_vanilla_base(tmp_path):
         "model.name=toy", f"train.epochs={EPOCHS}", "data.recipe=recognition", f"train.runs_dir={tmp_path / 'runs'}",
     ])
     store = tmp_path / "concepts"
-    result = train_concept_quietly(config, positives, negatives, store)
+    result = train_concept(config, CONCEPT, positives, NegativeSource(folder=str(negatives)), store=store, console=Console(quiet=True))
     assert result.best_epoch >= 1
 
     base = load_base(config.model)
@@ -62,9 +63,3 @@ def test_trained_concept_beats_the_vanilla_base(tmp_path):
     assert trained.weighted >= 0.75, (trained.summary(), vanilla.summary())
     assert trained.weighted >= vanilla.weighted + 0.2, (trained.summary(), vanilla.summary())
 
-
-def train_concept_quietly(config, positives: Path, negatives: Path, store: Path):
-    from yollava.train import train_concept
-
-    return train_concept(config, CONCEPT, positives, NegativeSource(folder=str(negatives)), store=store,
-                         console=Console(quiet=True))

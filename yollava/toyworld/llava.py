@@ -751,10 +751,17 @@ class DataMix:
             other_intro = f"{other_name} is {describe_subject(other)}."
             intro = f"{intro} {other_intro}" if rng.random() < 0.5 else f"{other_intro} {intro}"
             tag = f"{tag}+second"
+        question, answer = self._recognition_turn(name, positive, eval_question, rng)
+        return ToySample("introduced", f"{intro} {question}", answer, index, positive, tag)
+
+    def _recognition_turn(self, name: str, positive: bool, eval_question: bool, rng: random.Random) -> tuple[str, str]:
+        """A recognition.yaml question about ``name`` and its answer (the eval question gets a bare Yes./No.)."""
         rec = self.recognition
-        question = rec["eval_question"] if eval_question else rng.choice(rec["questions"])
-        answer = ("Yes." if positive else "No.") if eval_question else rng.choice(rec["positive_answers" if positive else "negative_answers"])
-        return ToySample("introduced", f"{intro} {question.replace('{name}', name)}", answer.replace("{name}", name), index, positive, tag)
+        if eval_question:
+            return rec["eval_question"].replace("{name}", name), "Yes." if positive else "No."
+        question = rng.choice(rec["questions"])
+        answer = rng.choice(rec["positive_answers" if positive else "negative_answers"])
+        return question.replace("{name}", name), answer.replace("{name}", name)
 
     def text(self, subject: Subject, rng: random.Random) -> ToySample:
         """Text-only question about a subject introduced by its description (what soft prompts carry)."""
@@ -780,10 +787,8 @@ class DataMix:
                 if all(p.subject != subject for p in self.scenes[index].subjects):
                     break
             tag = "random"
-        rec = self.recognition
-        question = rec["eval_question"] if eval_question else rng.choice(rec["questions"])
-        answer = ("Yes." if positive else "No.") if eval_question else rng.choice(rec["positive_answers" if positive else "negative_answers"])
-        return ToySample("named", question.replace("{name}", token), answer.replace("{name}", token), index, positive, tag)
+        question, answer = self._recognition_turn(token, positive, eval_question, rng)
+        return ToySample("named", question, answer, index, positive, tag)
 
     def named_text(self, rng: random.Random) -> ToySample:
         """"What colour is <p07>?" with no image: the identity's attributes, from its name alone."""
@@ -1015,9 +1020,7 @@ def _trainable(model: LlavaForConditionalGeneration, trains: str) -> list[torch.
         "language": [model.model.language_model, model.lm_head],
         "projector": [model.model.multi_modal_projector],
         "all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
-        "vision+projector": [model.model.multi_modal_projector],
-        "vision+all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
-    }[trains]
+    }[trains.removeprefix("vision+")]  # the tower's own parameters: _vision_params
     params = [p for m in modules for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
