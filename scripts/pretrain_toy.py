@@ -89,9 +89,15 @@ def write_readme(out: Path, report: dict) -> None:
     """The assets README: how the model was made and its measured quality."""
     q = report["quality"]
     arch = report["config"]["arch"]
+    earlier = [s for part in report["config"].get("earlier_stages", []) for s in part["stages"]]
     stages = "\n".join(
-        f"| {s['name']} | {s['trains']} | {s['task']} | {s['steps']} | {s['lr']} |" for s in report["config"]["stages"]
+        f"| {s['name']} | {s['trains']} | {s['task']} | {s['steps']} | {s['lr']} |" for s in [*earlier, *report["config"]["stages"]]
     )
+    vision = report.get("vision") or {}
+    vision_line = "- the vision tower was not supervised"
+    if vision:
+        read = ", ".join(f"{k} {v:.3f}" for k, v in vision.items())
+        vision_line = f"- the vision tower's patches, read by the dense stage's linear heads (main subject, held-out scenes): {read}"
     gates = "\n".join(f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in q["gates"].items())
 
     def yes_no(key: str) -> str:
@@ -109,7 +115,8 @@ Loaded by `yollava.models.load_base(ModelConfig(name="toy"))` → `yollava.toywo
 ## Model ({report['parameters'] / 1e6:.2f}M parameters, {report['weights_mb']:.1f} MB safetensors, fp32)
 
 - vision tower: the toy CLIP's (open_clip ViT, 64 px, patch 8, width 96, 4 layers) mapped onto
-  transformers' `CLIPVisionModel`, frozen; features from layer {arch['vision_feature_layer']}, CLS dropped → {report['image_tokens']} image tokens;
+  transformers' `CLIPVisionModel`, fine-tuned by the dense `vision` stage (every patch names the
+  attributes of the subject on it), then frozen; features from layer {arch['vision_feature_layer']}, CLS dropped → {report['image_tokens']} image tokens;
 - projector: LLaVA-1.5's 2-layer GELU MLP (96 → {arch['hidden_size']} → {arch['hidden_size']});
 - language model: Llama, hidden {arch['hidden_size']}, {arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads, MLP {arch['intermediate_size']}, untied head;
 - tokenizer: word level (`tokenizers` WordLevel, offsets for label masks), {report['tokenizer_size']} entries:
@@ -142,6 +149,7 @@ identifier initialised by `concept.init=mean` (the default) is read as a name.
 |---|---|
 {gates}
 
+{vision_line}
 - attribute questions (exact bare-word answer; "this subject" alone or "the red pet" among others):
   **{q['attribute']['accuracy']:.3f}** (n={q['attribute']['n']}; {attribute_kinds})
 - conversation.yaml answers about "this subject"/"Riley" (exact sentence): {q['conversation']['accuracy']:.3f} (n={q['conversation']['n']})
@@ -173,6 +181,8 @@ def main() -> None:
     parser.add_argument("--stage-set", default="", help="override stage fields, e.g. instruct.trains=all,instruct.lr=2e-3 (experiments)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage, into a temp folder (pipeline check)")
     parser.add_argument("--init", type=Path, default=None, help="start from this saved toy LLaVA (its tokenizer too) instead of a fresh one")
+    parser.add_argument("--tower-from", type=Path, default=None,
+                        help="with --init: take the vision tower from this saved toy LLaVA (stages run separately, e.g. vision and language in parallel)")
     parser.add_argument("--stages", default="", help="run only these stages, e.g. vision,instruct (with --init)")
     parser.add_argument("--eval-only", action="store_true", help="with --init: no training, re-run the held-out evaluation and rewrite the report")
     args = parser.parse_args()
@@ -182,6 +192,8 @@ def main() -> None:
     heldout_count = 2000
     if args.eval_only and args.init is None:
         raise SystemExit("--eval-only needs --init DIR (the model to evaluate)")
+    if args.tower_from is not None and args.init is None:
+        raise SystemExit("--tower-from needs --init DIR (the model whose tower it replaces)")
     if args.eval_only:
         config.stages = []
     if args.stages:
@@ -214,6 +226,10 @@ def main() -> None:
         tokenizer = toy.wrap_tokenizer(args.init / toy.TOKENIZER_FILE)
         model = toy.load_toy_base(args.init).model
         log(f"starting from {args.init}")
+        if args.tower_from is not None:
+            tower = toy.load_toy_base(args.tower_from).model.model.vision_tower
+            model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+            log(f"vision tower from {args.tower_from}")
     else:
         clip_model, _, _ = create_toy_clip(weights=args.clip_weights)
         words = toy.required_words()
@@ -235,16 +251,24 @@ def main() -> None:
     extra, owners = toy.known_scenes(config.seed, f"{HELDOUT_STREAM}/known", known, IMAGE_SIZE, exclude, *config.known_heldout_scenes)
     heldout_owners = {len(heldout_scenes) + i: o for i, o in enumerate(owners)}
     heldout_scenes += extra
-    if any(stage.trains.startswith("vision+") for stage in config.stages):
-        # the tower trains in some stage: features are computed from pixels at every step
-        train_bank, heldout_bank = toy.PixelBank(model, train_scenes), toy.PixelBank(model, heldout_scenes)
-    else:
-        train_bank, heldout_bank = toy.scene_features(model, train_scenes), toy.scene_features(model, heldout_scenes)
-    log(f"features of {len(train_scenes)} training and {len(heldout_scenes)} held-out scenes: {tuple(train_bank.shape)}")
+    banks: dict[str, tuple] = {}
+
+    def banks_for(stage_trains: str) -> tuple:
+        """(train, held-out) banks: pixels when the tower trains, else its features (recomputed after it changed)."""
+        if stage_trains.startswith("vision"):
+            banks.pop("features", None)
+            if "pixels" not in banks:
+                banks["pixels"] = (toy.PixelBank(model, train_scenes), toy.PixelBank(model, heldout_scenes))
+            return banks["pixels"]
+        if "features" not in banks:
+            banks["features"] = (toy.scene_features(model, train_scenes), toy.scene_features(model, heldout_scenes))
+            log(f"features of {len(train_scenes)} training and {len(heldout_scenes)} held-out scenes: {tuple(banks['features'][0].shape)}")
+        return banks["features"]
 
     train_mix = toy.DataMix(train_scenes, exclude, known=known, owners=train_owners)
     heldout_mix = toy.DataMix(heldout_scenes, exclude, known=known, owners=heldout_owners)
-    encoder = toy.Encoder(tokenizer, model.config.image_token_id, train_bank.shape[1])
+    patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    encoder = toy.Encoder(tokenizer, model.config.image_token_id, patches)
     check = random.Random(config.seed)
     if any(tokenizer.unk_token_id in encoder(train_mix.sample(check, config.mix)).ids for _ in range(2000)):
         raise SystemExit("the data mix produces <unk> tokens; the vocabulary misses a word (see toy.required_words)")
@@ -252,14 +276,21 @@ def main() -> None:
     progress_set = toy.build_eval_set(heldout_mix, config.seed + 1, max(20, args.eval_items // 4))
 
     history = []
+    vision_quality: dict = {}
     for stage in config.stages:
         log(f"stage {stage.name}: {stage.steps} steps, trains {stage.trains}, data {stage.task}")
+        train_bank, heldout_bank = banks_for(stage.trains)
         evaluate = (lambda: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, heldout_bank, config.seed))) if stage.task in ("mix", "text") else None
-        if stage.task == "align":
+        if stage.task == "dense":
+            records, vision_quality = toy.supervise_tower(model, stage, config, train_bank, train_scenes, log,
+                                                          heldout=(heldout_bank, heldout_scenes[:1000]))
+            history += records
+        elif stage.task == "align":
             history += toy.align_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
         else:
             history += toy.run_stage(model, stage, config, train_mix, train_bank, encoder, log, evaluate)
     train_seconds = time.perf_counter() - started
+    train_bank, heldout_bank = banks_for("language")
 
     quality = toy.evaluate_quality(model, encoder, eval_set, heldout_bank, config.seed)
     log(f"held-out quality: {json.dumps(toy.quick_report(quality))}")
@@ -282,6 +313,15 @@ def main() -> None:
         started = time.perf_counter() - prior["seconds"]
     else:
         config_report = {**asdict(config), "excluded_seeds": list(config.excluded_seeds)}
+        # stages run in earlier invocations (--init, --tower-from) keep their records
+        for source, part in ((args.tower_from, "tower"), (args.init, "model")):
+            if source is not None and (source / toy.QUALITY_FILE).is_file():
+                prior = json.loads((source / toy.QUALITY_FILE).read_text(encoding="utf-8"))
+                history = [{**r, "from": part} for r in prior["history"]] + history
+                train_seconds += prior["train_seconds"]
+                config_report.setdefault("earlier_stages", []).append({"from": str(source), "stages": prior["config"]["stages"]})
+                if part == "tower" and not vision_quality:
+                    vision_quality = prior.get("vision", {})
     report = {
         "model_id": toy.MODEL_ID,
         "config": config_report,
@@ -295,6 +335,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "heldout_scenes": heldout_count,
         "quality": quality,
+        "vision": vision_quality or (prior.get("vision", {}) if args.eval_only else {}),
         "concept_step": concept_step,
         "history": history,
     }

@@ -319,15 +319,18 @@ class ToyLlavaArch:
     # output, so its patch outputs were never trained by the contrastive loss.
     vision_feature_layer: int = -2
     max_position_embeddings: int = 512
+    # attention heads of the vision tower (0: the toy CLIP's own). The weights do not change shape:
+    # more heads split the same projections, which the dense vision stage then adapts.
+    vision_attention_heads: int = 0
 
 
-def vision_config() -> CLIPVisionConfig:
-    """The transformers vision config equal to the toy CLIP's tower (see toyworld/clip.py)."""
+def vision_config(heads: int = 0) -> CLIPVisionConfig:
+    """The transformers vision config of the toy CLIP's tower (see toyworld/clip.py), ``heads`` attention heads (0: its own)."""
     vision = toy_clip_config()["vision_cfg"]
     width = vision["width"]
     return CLIPVisionConfig(
         hidden_size=width, intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
-        num_hidden_layers=vision["layers"], num_attention_heads=width // vision.get("head_width", 64),
+        num_hidden_layers=vision["layers"], num_attention_heads=heads or width // vision.get("head_width", 64),
         image_size=vision["image_size"], patch_size=vision["patch_size"], num_channels=3,
         hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=toy_clip_config()["embed_dim"],
     )
@@ -343,7 +346,7 @@ def llava_config(arch: ToyLlavaArch, tokenizer: Any) -> LlavaConfig:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlavaConfig(
-        vision_config=vision_config(), text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        vision_config=vision_config(arch.vision_attention_heads), text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_layer=arch.vision_feature_layer, vision_feature_select_strategy="default",
         projector_hidden_act="gelu", tie_word_embeddings=False,
     )
@@ -602,6 +605,9 @@ class DataMix:
     """
 
     NEGATIVE_KINDS = (("fine", 0.45), ("coarse", 0.25), ("random", 0.15), ("distractor", 0.15))
+    # share of recognition questions asked as templates/recognition.yaml's eval question with a
+    # bare "Yes."/"No." (the rest: its varied questions and sentence answers)
+    bare_share = 0.5
 
     def __init__(self, scenes: Sequence[Scene], exclude: frozenset, names: Sequence[str] = NAME_TOKENS,
                  known: Sequence[Subject] = (), owners: dict[int, tuple[int, bool]] | None = None):
@@ -840,14 +846,14 @@ class DataMix:
         if kind == "presence":
             return self.presence(index, rng, positive)
         if kind == "introduced":
-            return self.introduced(index, rng, positive, eval_question=rng.random() < 0.25)
+            return self.introduced(index, rng, positive, eval_question=rng.random() < self.bare_share)
         if kind == "text":
             subject = self.scenes[index].main.subject if rng.random() < 0.5 else sample_subject(rng, exclude=self.exclude)
             return self.text_verify(subject, rng, positive) if rng.random() < 0.5 else self.text(subject, rng)
         if kind == "category":
             return self.category(rng, positive)
         if kind == "named":
-            return self.named(rng, positive, eval_question=rng.random() < 0.25)
+            return self.named(rng, positive, eval_question=rng.random() < self.bare_share)
         if kind == "named_text":
             return self.named_text(rng)
         return self.visual(index, rng)
@@ -943,12 +949,20 @@ def embed_batch(model: LlavaForConditionalGeneration, batch: Batch, bank: torch.
 
 
 def batch_loss(model: LlavaForConditionalGeneration, batch: Batch, embeds: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled tokens (the head runs only where the loss needs it)."""
+    """Next-token cross-entropy, averaged per sample and then over the batch (the head runs only where the loss needs it).
+
+    Per-sample averaging keeps a one-word "Yes." worth as much as a twenty-word caption: with a
+    plain token mean the yes/no decisions, one token each, get a few per cent of the gradient.
+    """
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False).last_hidden_state
     targets = batch.labels[:, 1:]
     where = targets != IGNORE_INDEX
     logits = model.lm_head(hidden[:, :-1][where])
-    return F.cross_entropy(logits.float(), targets[where])
+    losses = F.cross_entropy(logits.float(), targets[where], reduction="none")
+    rows = where.nonzero()[:, 0]
+    counts = where.sum(1).clamp(min=1).float()
+    per_sample = torch.zeros(where.shape[0]).index_add_(0, rows, losses) / counts
+    return per_sample[where.any(1)].mean()
 
 
 # ----------------------------------------------------------------------------- stages
@@ -961,8 +975,8 @@ class StageConfig:
     name: str
     steps: int
     lr: float
-    trains: str  # "language" (LM only), "projector", "all" (LM + projector), "vision+projector" or "vision+all"
-    task: str  # "text" (text-only answers), "caption", "align" (see align_projector), or "mix"
+    trains: str  # "vision" (tower only), "language" (LM only), "projector", "all" (LM + projector), "vision+projector" or "vision+all"
+    task: str  # "dense" (see supervise_tower), "text" (text-only answers), "caption", "align" (see align_projector), or "mix"
     warmup: int = 50
     # kinds of absent subjects in yes/no questions, with weights (None: DataMix.NEGATIVE_KINDS)
     negatives: tuple[tuple[str, float], ...] | None = None
@@ -991,13 +1005,12 @@ class PretrainConfig:
     name_noise_low: float = 0.02
     mix: MixWeights = field(default_factory=MixWeights)
     stages: list[StageConfig] = field(default_factory=lambda: [
-        # text first: answers about described and known subjects, and yes/no comparisons
+        # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
+        StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0),
+        # text: answers about described and known subjects, and yes/no comparisons
         StageConfig("language", steps=1000, lr=2e-3, trains="language", task="text", warmup=50),
         StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"),
-        # the frozen contrastive features name shape, accessory and size poorly (alignment plateaus
-        # near 0.73): the tower itself learns to name the attributes, at a lower learning rate
-        StageConfig("vision", steps=1000, lr=2e-3, trains="vision+projector", task="align", vision_lr_scale=0.5),
-        StageConfig("instruct", steps=2000, lr=1e-3, trains="vision+all", task="mix", warmup=100),
+        StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
     ])
     excluded_seeds: tuple[int, ...] = (0,)
     excluded_max_concepts: int = 20
@@ -1180,6 +1193,123 @@ def align_projector(
     for p in [*projector.parameters(), *vision]:
         p.requires_grad_(False)
     return history
+
+
+VISION_ROLES = ("background", "distractor", "main")
+
+
+def patch_labels(scene: Scene, grid: int) -> np.ndarray:
+    """Per patch of a ``grid`` x ``grid`` image: each attribute's value index of the subject drawn
+    over the patch centre (-100: none) and its role (0 background, 1 distractor, 2 main).
+
+    The main subject is drawn last, so it owns the patches it covers; among distractors the later
+    one wins, like in :func:`render_scene`.
+    """
+    cell = scene.image_size / grid
+    labels = np.full((grid * grid, len(ATTRIBUTES) + 1), -100, dtype=np.int64)
+    order = [*scene.distractors, scene.main]
+    for row in range(grid):
+        for col in range(grid):
+            x, y = (col + 0.5) * cell, (row + 0.5) * cell
+            owner, role = None, 0
+            for k, placed in enumerate(order):
+                x0, y0, x1, y1 = placed.box
+                if x0 <= x < x1 and y0 <= y < y1:
+                    owner, role = placed.subject, 2 if k == len(order) - 1 else 1
+            labels[row * grid + col, -1] = role
+            if owner is not None:
+                for j, (attribute, values) in enumerate(ATTRIBUTES.items()):
+                    value = getattr(owner, attribute)
+                    if value is not None:
+                        labels[row * grid + col, j] = values.index(value)
+    return labels
+
+
+class TowerProbe(torch.nn.Module):
+    """Linear heads on the selected layer's patch features: the dense supervision of the vision stage."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(v)) for v in [*ATTRIBUTES.values(), VISION_ROLES])
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [head(features) for head in self.heads]
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(F.cross_entropy(lg.flatten(0, 1), labels[..., j].flatten(), ignore_index=-100) for j, lg in enumerate(self(features)))
+
+    @torch.no_grad()
+    def main_accuracy(self, bank: PixelBank, labels: torch.Tensor, batch_size: int = 250) -> dict[str, float]:
+        """Per attribute: the main subject's value read from its patches (summed log-probabilities)."""
+        hits = {a: [0, 0] for a in ATTRIBUTES}
+        for start in range(0, len(labels), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(labels)))
+            lab = labels[index]
+            main = (lab[..., -1] == 2).float().unsqueeze(-1)
+            for j, (attribute, logits) in enumerate(zip(ATTRIBUTES, self(bank[index]))):
+                pooled = (F.log_softmax(logits, -1) * main).sum(1)
+                target = torch.where((lab[..., j] != -100) & (lab[..., -1] == 2), lab[..., j], -1).max(1).values
+                known = target >= 0
+                hits[attribute][0] += (pooled.argmax(-1)[known] == target[known]).sum().item()
+                hits[attribute][1] += known.sum().item()
+        return {a: round(h / max(t, 1), 4) for a, (h, t) in hits.items()}
+
+
+def supervise_tower(
+    model: LlavaForConditionalGeneration, stage: StageConfig, config: PretrainConfig, bank: PixelBank, scenes: Sequence[Scene],
+    log: Callable[[str], None], heldout: tuple[PixelBank, Sequence[Scene]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Dense supervision of the vision tower: every patch names the attributes of the subject on it.
+
+    The toy CLIP's contrastive features carry the attributes weakly (linear heads on them read the
+    main subject's colour at 0.50, shape at 0.31); LLaVA can only compare what its tower sees.
+    Linear heads (discarded afterwards) on the layer LLaVA reads (``vision_feature_layer``) learn
+    with the tower, batch ``2 * batch_size`` images. Returns the log and the held-out accuracy of
+    the main subject's attributes read from its patches.
+    """
+    torch.manual_seed(config.seed)
+    tower = model.model.vision_tower
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    labels = torch.from_numpy(np.stack([patch_labels(s, grid) for s in scenes]))
+    probe = TowerProbe(model.config.vision_config.hidden_size)
+    optimizer = torch.optim.AdamW([
+        {"params": probe.parameters(), "scale": 1.0, "weight_decay": 0.0},
+        {"params": tower.parameters(), "scale": stage.vision_lr_scale, "weight_decay": config.weight_decay},
+    ], lr=stage.lr)
+    heldout_labels = torch.from_numpy(np.stack([patch_labels(s, grid) for s in heldout[1]])) if heldout is not None else None
+    generator = torch.Generator().manual_seed(config.seed)
+    history, losses = [], []
+    started = time.perf_counter()
+    tower.train()
+    for step in range(stage.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, stage) * group["scale"]
+        index = torch.randint(len(bank), (2 * config.batch_size,), generator=generator)
+        loss = probe.loss(bank[index], labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*tower.parameters(), *probe.parameters()], config.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        last = step == stage.steps - 1
+        if (step + 1) % config.log_every == 0 or last:
+            record: dict[str, Any] = {"stage": stage.name, "step": step + 1, "loss": round(sum(losses) / len(losses), 4),
+                                      "lr": round(_lr(step, stage), 6), "seconds": round(time.perf_counter() - started, 1)}
+            losses = []
+            if heldout is not None and ((step + 1) % config.eval_every == 0 or last):
+                tower.eval()
+                record["eval"] = probe.main_accuracy(heldout[0], heldout_labels)
+                tower.train()
+            history.append(record)
+            log(json.dumps(record))
+    tower.eval()
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    return history, history[-1].get("eval", {}) if history else {}
 
 
 # ----------------------------------------------------------------------------- quality
