@@ -25,7 +25,7 @@ from yollava.toyworld.benchmark import generate_benchmark
 from yollava.train import train_concept
 
 pytestmark = pytest.mark.skipif(
-    not (toy.TOY_LLAVA_ASSETS / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
+    not (toy.toy_llava_folder() / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
 )
 CONCEPT = "ozzy"  # the first concept of every seed-0 benchmark
 EPOCHS = 4

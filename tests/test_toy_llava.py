@@ -21,7 +21,7 @@ from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import describe_subject, vocabulary
 
 pytestmark = pytest.mark.skipif(
-    not (toy.TOY_LLAVA_ASSETS / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
+    not (toy.toy_llava_folder() / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
 )
 # Held-out scenes of the smoke test: a stream neither pretraining nor the shipped quality report used.
 SMOKE_STREAM = "llava-test-smoke"

@@ -30,9 +30,9 @@ CONCEPT = "ozzy"  # the first concept of every seed-0 toy benchmark
 
 def default_model() -> str:
     """``toy`` when the pretrained toy LLaVA is installed, else the random ``tiny`` model."""
-    from yollava.toyworld.llava import TOY_LLAVA_ASSETS, WEIGHTS_FILE
+    from yollava.toyworld.llava import WEIGHTS_FILE, toy_llava_folder
 
-    return "toy" if (TOY_LLAVA_ASSETS / WEIGHTS_FILE).is_file() else "tiny"
+    return "toy" if (toy_llava_folder() / WEIGHTS_FILE).is_file() else "tiny"
 
 
 def run_demo(out: str | Path, model: str | None = None, epochs: int | None = None, console: Console | None = None) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
@@ -402,12 +403,19 @@ def save_toy_llava(out: str | Path, model: LlavaForConditionalGeneration, tokeni
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def toy_llava_folder() -> Path:
+    """Where ``--model toy`` loads from: ``$YOLLAVA_TOY_LLAVA`` if set (a model built with
+    ``scripts/pretrain_toy.py --out DIR``), else the shipped ``yollava/assets/toy_llava``."""
+    override = os.environ.get("YOLLAVA_TOY_LLAVA")
+    return Path(override) if override else TOY_LLAVA_ASSETS
+
+
 def load_toy_base(path: str | Path | None = None) -> Base:
     """Load the pretrained toy LLaVA as a frozen yollava :class:`~yollava.models.Base` (CPU, fp32).
 
     Args:
         path: folder with model.safetensors, config.json and tokenizer.json (default: the shipped
-            ``yollava/assets/toy_llava``).
+            ``yollava/assets/toy_llava``, or ``$YOLLAVA_TOY_LLAVA``).
 
     Returns:
         The base; ``model_id`` is ``"toy"`` (what concept files record).
@@ -415,7 +423,7 @@ def load_toy_base(path: str | Path | None = None) -> Base:
     Raises:
         YollavaError: a file is missing or the weights do not fit the config.
     """
-    folder = Path(path) if path is not None else TOY_LLAVA_ASSETS
+    folder = Path(path) if path is not None else toy_llava_folder()
     for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         if not (folder / name).is_file():
             raise YollavaError(f"toy LLaVA: {folder / name} is missing; run scripts/pretrain_toy.py to build it")
@@ -986,6 +994,8 @@ class StageConfig:
     mix: MixWeights | None = None
     # learning rate of the vision tower relative to ``lr`` (stages that train it)
     vision_lr_scale: float = 0.3
+    # share of recognition questions asked as the eval question with a bare "Yes."/"No."
+    bare_share: float = 0.5
 
 
 @dataclass
@@ -1011,6 +1021,10 @@ class PretrainConfig:
         StageConfig("language", steps=1000, lr=2e-3, trains="language", task="text", warmup=50),
         StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"),
         StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
+        # yes/no about known identities, bare answers: the recognition decision a soft prompt steers
+        StageConfig("identity", steps=800, lr=1e-3, trains="all", task="mix", warmup=50, bare_share=1.0,
+                    mix=MixWeights(caption=0.0, attribute=0.15, verify=0.1, presence=0.0, introduced=0.0, text=0.0,
+                                   category=0.0, visual=0.0, named=0.6, named_text=0.15)),
     ])
     excluded_seeds: tuple[int, ...] = (0,)
     excluded_max_concepts: int = 20
@@ -1084,6 +1098,7 @@ def run_stage(
     rng = random.Random(f"{config.seed}:{stage.name}")
     mix.negative_kinds = stage.negatives or DataMix.NEGATIVE_KINDS
     mix.single_share = stage.single_share
+    mix.bare_share = stage.bare_share
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     history: list[dict[str, Any]] = []
