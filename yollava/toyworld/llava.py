@@ -1018,13 +1018,9 @@ class PretrainConfig:
         # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
         StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0),
         # text: answers about described and known subjects, and yes/no comparisons
-        StageConfig("language", steps=1000, lr=2e-3, trains="language", task="text", warmup=50),
+        StageConfig("language", steps=2000, lr=2e-3, trains="language", task="text", warmup=50),
         StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"),
         StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
-        # yes/no about known identities, bare answers: the recognition decision a soft prompt steers
-        StageConfig("identity", steps=800, lr=1e-3, trains="all", task="mix", warmup=50, bare_share=1.0,
-                    mix=MixWeights(caption=0.0, attribute=0.15, verify=0.1, presence=0.0, introduced=0.0, text=0.0,
-                                   category=0.0, visual=0.0, named=0.6, named_text=0.15)),
     ])
     excluded_seeds: tuple[int, ...] = (0,)
     excluded_max_concepts: int = 20
