@@ -206,6 +206,13 @@ def main() -> None:
         key, value = item.split("=")
         name, field_name = key.split(".")
         stage = next(s for s in config.stages if s.name == name)
+        if field_name == "mix":  # instruct.mix=named:0.4/verify:0.3/text:0.3 (other tasks 0)
+            shares = {task: 0.0 for task in asdict(toy.MixWeights())}
+            given = {task: float(share) for task, share in (part.split(":") for part in value.split("/"))}
+            if set(given) - set(shares):
+                raise SystemExit(f"--stage-set {key}: unknown task(s) {sorted(set(given) - set(shares))}; tasks: {', '.join(shares)}")
+            stage.mix = toy.MixWeights(**{**shares, **given})
+            continue
         setattr(stage, field_name, type(getattr(stage, field_name))(value))
     for item in filter(None, args.stage_steps.split(",")):
         name, steps = item.split("=")
