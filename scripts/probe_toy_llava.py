@@ -5,6 +5,7 @@ These focused probes are how the toy LLaVA's blockers were measured (see README 
     python scripts/probe_toy_llava.py --task verify --steps 300 --init DIR             # "Is this subject medium?" on the image
     python scripts/probe_toy_llava.py --task attribute --steps 400 --init DIR --tower  # "What colour is this subject?"
     python scripts/probe_toy_llava.py --task named --steps 800 --known 16 --tower      # "Is <p03> in this photo?"
+    python scripts/probe_toy_llava.py --task text_verify --width 256 --lr 2e-3 --steps 900  # a wider fresh language model
 
 Without ``--init`` the language model is fresh (random) on top of the toy CLIP's tower; ``--tower``
 trains the tower too. One thread, deterministic.
@@ -28,7 +29,7 @@ from yollava.toyworld.world import sample_subject
 TASKS = ("text_verify", "verify", "attribute", "named")
 
 
-def build_model(init: Path | None):
+def build_model(init: Path | None, arch: toy.ToyLlavaArch):
     if init is not None:
         base = toy.load_toy_base(init)
         return base.model, base.tokenizer
@@ -36,7 +37,7 @@ def build_model(init: Path | None):
     folder = Path(tempfile.mkdtemp(prefix="probe_tokenizer_"))
     toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
     tokenizer = toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE)
-    return toy.new_model(toy.ToyLlavaArch(), tokenizer, clip, seed=0), tokenizer
+    return toy.new_model(arch, tokenizer, clip, seed=0), tokenizer
 
 
 def build_mix(stream: str, scenes: int, known: list, per_identity: tuple[int, int], exclude: frozenset) -> toy.DataMix:
@@ -68,10 +69,14 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None, help="a saved toy LLaVA to start from (default: fresh language model)")
     parser.add_argument("--tower", action="store_true", help="train the vision tower too (at half the learning rate)")
     parser.add_argument("--known", type=int, default=16, help="known identities (task named)")
+    parser.add_argument("--width", type=int, default=toy.ToyLlavaArch.hidden_size, help="fresh language model: hidden size (MLP 3x)")
+    parser.add_argument("--layers", type=int, default=toy.ToyLlavaArch.num_hidden_layers, help="fresh language model: layers")
     parser.add_argument("--bare", action="store_true", help="task named: always the eval question with a bare Yes./No. answer")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, tokenizer = build_model(args.init)
+    arch = toy.ToyLlavaArch(hidden_size=args.width, intermediate_size=3 * args.width, num_hidden_layers=args.layers,
+                            num_attention_heads=max(4, args.width // 32))
+    model, tokenizer = build_model(args.init, arch)
     exclude = toy.excluded_identities()
     known = toy.known_identities(0, exclude)[: args.known] if args.task == "named" else []
     train = build_mix("llava-train", 3000, known, (120, 40), exclude)
