@@ -320,6 +320,9 @@ class ToyLlavaArch:
     # output, so its patch outputs were never trained by the contrastive loss.
     vision_feature_layer: int = -2
     max_position_embeddings: int = 512
+    # std of the language model's and projector's initial weights (transformers' default 0.02 is
+    # sized for 768+ wide models)
+    initializer_range: float = 0.02
     # attention heads of the vision tower (0: the toy CLIP's own). The weights do not change shape:
     # more heads split the same projections, which the dense vision stage then adapts.
     vision_attention_heads: int = 0
@@ -344,6 +347,7 @@ def llava_config(arch: ToyLlavaArch, tokenizer: Any) -> LlavaConfig:
         hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_hidden_layers,
         num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_attention_heads, vocab_size=rows,
         max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=False,
+        initializer_range=arch.initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlavaConfig(
