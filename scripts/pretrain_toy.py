@@ -95,7 +95,9 @@ def write_readme(out: Path, report: dict) -> None:
     )
     vision = report.get("vision") or {}
     vision_line = "- the vision tower was not supervised"
+    tower_training = "frozen"
     if vision:
+        tower_training = "fine-tuned by the dense `vision` stage (every patch names the\n  attributes of the subject on it), then frozen"
         read = ", ".join(f"{k} {v:.3f}" for k, v in vision.items())
         vision_line = f"- the vision tower's patches, read by the dense stage's linear heads (main subject, held-out scenes): {read}"
     gates = "\n".join(f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in q["gates"].items())
@@ -115,8 +117,7 @@ Loaded by `yollava.models.load_base(ModelConfig(name="toy"))` → `yollava.toywo
 ## Model ({report['parameters'] / 1e6:.2f}M parameters, {report['weights_mb']:.1f} MB safetensors, fp32)
 
 - vision tower: the toy CLIP's (open_clip ViT, 64 px, patch 8, width 96, 4 layers) mapped onto
-  transformers' `CLIPVisionModel`, fine-tuned by the dense `vision` stage (every patch names the
-  attributes of the subject on it), then frozen; features from layer {arch['vision_feature_layer']}, CLS dropped → {report['image_tokens']} image tokens;
+  transformers' `CLIPVisionModel`, {tower_training}; features from layer {arch['vision_feature_layer']}, CLS dropped → {report['image_tokens']} image tokens;
 - projector: LLaVA-1.5's 2-layer GELU MLP (96 → {arch['hidden_size']} → {arch['hidden_size']});
 - language model: Llama, hidden {arch['hidden_size']}, {arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads, MLP {arch['intermediate_size']}, untied head;
 - tokenizer: word level (`tokenizers` WordLevel, offsets for label masks), {report['tokenizer_size']} entries:
@@ -287,7 +288,7 @@ def main() -> None:
     for stage in config.stages:
         log(f"stage {stage.name}: {stage.steps} steps, trains {stage.trains}, data {stage.task}")
         train_bank, heldout_bank = banks_for(stage.trains)
-        evaluate = (lambda: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, heldout_bank, config.seed))) if stage.task in ("mix", "text") else None
+        evaluate = (lambda bank=heldout_bank: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, bank, config.seed))) if stage.task in ("mix", "text") else None
         if stage.task == "dense":
             records, vision_quality = toy.supervise_tower(model, stage, config, train_bank, train_scenes, log,
                                                           heldout=(heldout_bank, heldout_scenes[:1000]))

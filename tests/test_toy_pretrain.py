@@ -33,6 +33,13 @@ def world(exclude):
     return toy.DataMix(scenes + extra, exclude, known=known, owners=owner_of), known, owner_of
 
 
+def fresh_model(folder: Path):
+    """A toy LLaVA with the shipped toy CLIP's tower and a random language model (tokenizer saved in ``folder``)."""
+    clip, _, _ = create_toy_clip()
+    toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
+    return toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE), clip, seed=0)
+
+
 def test_known_identities_are_fixed_distinct_and_never_benchmark_subjects(exclude):
     known = toy.known_identities(0, exclude)
     assert known == toy.known_identities(0, exclude)
@@ -85,10 +92,7 @@ def test_eval_set_fields_hold_their_own_task(world):
 
 def test_pixel_bank_gives_the_towers_features(world, tmp_path):
     mix, _, _ = world
-    clip, _, _ = create_toy_clip()
-    tokenizer_json = toy.build_tokenizer(toy.required_words())
-    tokenizer_json.save(str(tmp_path / toy.TOKENIZER_FILE))
-    model = toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    model = fresh_model(tmp_path)
     scenes = mix.scenes[:6]
     with torch.no_grad():
         pixels = toy.PixelBank(model, scenes)[torch.tensor([4, 0, 2])]
@@ -125,13 +129,9 @@ def test_patch_labels_name_the_subject_drawn_on_each_patch(world):
                 assert patch[-1] == 1
 
 
-def test_dense_vision_stage_teaches_the_tower_colours(world, tmp_path):
+def test_dense_vision_stage_teaches_the_tower_colours(tmp_path):
     """A few dozen steps on single-subject scenes already read the main colour above chance (0.1)."""
-    mix, _, _ = world
-    clip, _, _ = create_toy_clip()
-    tokenizer_json = toy.build_tokenizer(toy.required_words())
-    tokenizer_json.save(str(tmp_path / toy.TOKENIZER_FILE))
-    model = toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    model = fresh_model(tmp_path)
     exclude = toy.excluded_identities()
     scenes = [toy.draw_scene(0, "test-dense", i, 64, exclude, 0) for i in range(300)]
     config = toy.PretrainConfig(batch_size=16, log_every=60, eval_every=60)
@@ -150,7 +150,7 @@ def test_loss_weighs_every_sample_equally():
     vocab, hidden = 11, 8
     head = torch.nn.Linear(hidden, vocab, bias=False)
     # a stand-in LLaVA whose language model is the identity: hidden states are the input embeddings
-    identity = lambda inputs_embeds, attention_mask, use_cache: SimpleNamespace(last_hidden_state=inputs_embeds)  # noqa: E731
+    identity = lambda inputs_embeds, attention_mask, use_cache: SimpleNamespace(last_hidden_state=inputs_embeds)
     model = SimpleNamespace(model=SimpleNamespace(language_model=identity), lm_head=head)
     embeds = torch.randn(2, 6, hidden)
     labels = torch.full((2, 6), -100)

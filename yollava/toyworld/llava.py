@@ -1040,18 +1040,23 @@ def _lr(step: int, stage: StageConfig) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _trainable(model: LlavaForConditionalGeneration, trains: str) -> list[torch.nn.Parameter]:
+def _train_only(model: LlavaForConditionalGeneration, modules: Sequence[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    """Freeze the whole model, then make ``modules``' parameters trainable (returned)."""
     for p in model.parameters():
         p.requires_grad_(False)
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _trainable(model: LlavaForConditionalGeneration, trains: str) -> list[torch.nn.Parameter]:
     modules = {
         "language": [model.model.language_model, model.lm_head],
         "projector": [model.model.multi_modal_projector],
         "all": [model.model.language_model, model.lm_head, model.model.multi_modal_projector],
     }[trains.removeprefix("vision+")]  # the tower's own parameters: _vision_params
-    params = [p for m in modules for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
+    return _train_only(model, modules)
 
 
 def _vision_params(model: LlavaForConditionalGeneration, trains: str) -> list[torch.nn.Parameter]:
@@ -1163,10 +1168,7 @@ def align_projector(
     """
     torch.manual_seed(config.seed)
     projector = model.model.multi_modal_projector
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in projector.parameters():
-        p.requires_grad_(True)
+    _train_only(model, [projector])
     vision = _vision_params(model, stage.trains)
     words = attribute_word_ids(tokenizer)
     embed = F.normalize(model.model.language_model.embed_tokens.weight.detach(), dim=-1)
@@ -1284,10 +1286,7 @@ def supervise_tower(
     """
     torch.manual_seed(config.seed)
     tower = model.model.vision_tower
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in tower.parameters():
-        p.requires_grad_(True)
+    _train_only(model, [tower])
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     labels = torch.from_numpy(np.stack([patch_labels(s, grid) for s in scenes]))
     probe = TowerProbe(model.config.vision_config.hidden_size)
