@@ -214,7 +214,13 @@ def main() -> None:
                 raise SystemExit(f"--stage-set {key}: unknown task(s) {sorted(set(given) - set(shares))}; tasks: {', '.join(shares)}")
             stage.mix = toy.MixWeights(**{**shares, **given})
             continue
-        setattr(stage, field_name, type(getattr(stage, field_name))(value))
+        current = getattr(stage, field_name)
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--stage-set {key}: expected true or false, got {value!r}")
+            setattr(stage, field_name, value.lower() == "true")
+            continue
+        setattr(stage, field_name, type(current)(value))
     for item in filter(None, args.stage_steps.split(",")):
         name, steps = item.split("=")
         next(s for s in config.stages if s.name == name).steps = int(steps)
@@ -293,6 +299,8 @@ def main() -> None:
             records, vision_quality = toy.supervise_tower(model, stage, config, train_bank, train_scenes, log,
                                                           heldout=(heldout_bank, heldout_scenes[:1000]))
             history += records
+        elif stage.task == "ground":
+            history += toy.ground_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
         elif stage.task == "align":
             history += toy.align_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
         else:

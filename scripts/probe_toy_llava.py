@@ -26,7 +26,7 @@ from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import create_toy_clip
 from yollava.toyworld.world import sample_subject
 
-TASKS = ("text_verify", "verify", "attribute", "named")
+TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence")
 
 
 def build_model(init: Path | None, arch: toy.ToyLlavaArch):
@@ -53,6 +53,10 @@ def draw(mix: toy.DataMix, task: str, rng: random.Random, eval_question: bool = 
         return mix.text_verify(sample_subject(rng, exclude=mix.exclude), rng, positive)
     if task == "verify":
         return mix.verify(rng.randrange(len(mix.scenes)), rng, positive)
+    if task == "introduced":
+        return mix.introduced(rng.randrange(len(mix.scenes)), rng, positive, eval_question=eval_question)
+    if task == "presence":
+        return mix.presence(rng.randrange(len(mix.scenes)), rng, positive)
     if task == "named":
         return mix.named(rng, positive, eval_question=eval_question or rng.random() < 0.25)
     while True:
@@ -73,6 +77,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=toy.ToyLlavaArch.num_hidden_layers, help="fresh language model: layers")
     parser.add_argument("--init-std", type=float, default=toy.ToyLlavaArch.initializer_range, help="fresh language model: initial weight std")
     parser.add_argument("--bare", action="store_true", help="task named: always the eval question with a bare Yes./No. answer")
+    parser.add_argument("--no-system", action="store_true", help="train and evaluate without the llava_v1 system text")
+    parser.add_argument("--ground", type=int, default=0, help="first re-ground the projector for this many steps (ground_projector, lr 3e-3)")
+    parser.add_argument("--name-noise", type=float, default=toy.PretrainConfig.name_noise, help="share of samples whose names get fresh vectors")
+    parser.add_argument("--attributes", default="", help="comparisons ask only about these attributes, e.g. color,size")
     args = parser.parse_args()
     torch.set_num_threads(1)
     arch = toy.ToyLlavaArch(hidden_size=args.width, intermediate_size=3 * args.width, num_hidden_layers=args.layers,
@@ -86,7 +94,12 @@ def main() -> None:
         bank, heldout_bank = toy.PixelBank(model, train.scenes), toy.PixelBank(model, heldout.scenes)
     else:
         bank, heldout_bank = toy.scene_features(model, train.scenes), toy.scene_features(model, heldout.scenes)
-    encoder = toy.Encoder(tokenizer, model.config.image_token_id, bank.shape[1])
+    if args.ground:
+        config = toy.PretrainConfig()
+        toy.ground_projector(model, toy.StageConfig("ground", args.ground, 3e-3, "projector", "ground"), config, train, bank, tokenizer, print)
+    encoder = toy.Encoder(tokenizer, model.config.image_token_id, bank.shape[1], system=not args.no_system)
+    if args.attributes:
+        train.verify_attributes = heldout.verify_attributes = tuple(args.attributes.split(","))
     train.sample = lambda rng, weights: draw(train, args.task, rng, eval_question=args.bare)
     rng = random.Random(1)
     items = [draw(heldout, args.task, rng, eval_question=True) for _ in range(300)]
@@ -109,7 +122,7 @@ def main() -> None:
 
     stage = toy.StageConfig("probe", steps=args.steps, lr=args.lr, trains="vision+all" if args.tower else "all", task="mix",
                             warmup=30, vision_lr_scale=0.5)
-    config = toy.PretrainConfig()
+    config = toy.PretrainConfig(name_noise=args.name_noise)
     config.eval_every, config.log_every = 100, 50
     print(json.dumps({"step": 0, "eval": evaluate()}), flush=True)
     toy.run_stage(model, stage, config, train, bank, encoder, lambda line: print(line, flush=True), evaluate)

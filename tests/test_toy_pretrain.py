@@ -160,3 +160,50 @@ def test_loss_weighs_every_sample_equally():
     per_token = torch.nn.functional.cross_entropy(head(embeds[:, :-1]).transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
     expected = (per_token[0, :5].mean() + per_token[1, 4]) / 2
     torch.testing.assert_close(toy.batch_loss(model, batch, embeds), expected)
+
+
+def test_grounding_targets_are_the_words_of_what_each_patch_shows(world, tmp_path):
+    mix, _, _ = world
+    scene = next(s for s in mix.scenes if s.distractors)
+    tokenizer = toy.wrap_tokenizer(_saved_tokenizer(tmp_path))
+    embed = torch.randn(len(tokenizer) + 8, 16)
+    targets = toy.grounding_targets([scene], 8, embed, tokenizer)[0]
+    labels = toy.patch_labels(scene, 8)
+    main = int((labels[:, -1] == 2).nonzero()[0][0])
+    subject = scene.main.subject
+    words = [str(getattr(subject, a)) for a in ATTRIBUTES if getattr(subject, a) is not None]
+    torch.testing.assert_close(targets[main], embed[tokenizer.convert_tokens_to_ids(words)].sum(0))
+    background = int((labels[:, -1] == 0).nonzero()[0][0])
+    torch.testing.assert_close(targets[background], embed[tokenizer.convert_tokens_to_ids(scene.background)])
+
+
+def test_projector_grounding_moves_patches_onto_their_words(world, tmp_path):
+    """Only the projector trains, and its error falls well below predicting zeros (relative MSE 1)."""
+    mix, _, _ = world
+    model = fresh_model(tmp_path)
+    bank = toy.scene_features(model, mix.scenes)
+    config = toy.PretrainConfig(batch_size=16, log_every=20)
+    before = [p.detach().clone() for p in model.model.language_model.parameters()]
+    history = toy.ground_projector(model, toy.StageConfig("ground", 200, 3e-3, "projector", "ground", warmup=10), config, mix, bank,
+                                   toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), lambda line: None)
+    assert history[-1]["relative_mse"] < 0.75 and history[0]["relative_mse"] > history[-1]["relative_mse"] + 0.2, history
+    assert all(torch.equal(a, b) for a, b in zip(before, model.model.language_model.parameters()))
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_short_format_drops_only_the_system_text(tmp_path):
+    tokenizer = toy.wrap_tokenizer(_saved_tokenizer(tmp_path))
+    sample = toy.ToySample("text_verify", "<x01> is red. Is <x01> red?", "Yes.", None, True, "color")
+    full = toy.Encoder(tokenizer, 4, 64)(sample)
+    short = toy.Encoder(tokenizer, 4, 64, system=False)(sample)
+    words = tokenizer.convert_ids_to_tokens(short.ids)
+    assert words[:4] == ["<s>", "USER", ":", "<x01>"]
+    assert full.ids[-len(short.ids) + 1 :] == short.ids[1:] and len(full.ids) > len(short.ids) + 20
+    assert full.labels[-len(short.labels) + 1 :] == short.labels[1:]
+
+
+def _saved_tokenizer(folder: Path) -> Path:
+    path = folder / toy.TOKENIZER_FILE
+    if not path.is_file():
+        toy.build_tokenizer(toy.required_words()).save(str(path))
+    return path
