@@ -6,6 +6,12 @@ These focused probes are how the toy LLaVA's blockers were measured (see README 
     python scripts/probe_toy_llava.py --task attribute --steps 400 --init DIR --tower  # "What colour is this subject?"
     python scripts/probe_toy_llava.py --task named --steps 800 --known 16 --tower      # "Is <p03> in this photo?"
     python scripts/probe_toy_llava.py --task text_verify --width 256 --lr 2e-3 --steps 900  # a wider fresh language model
+The comparison curriculum (colour in text, then colour on the image through a grounded projector):
+    python scripts/probe_toy_llava.py --task text_verify --attributes color --steps 800 --lr 1e-3 --no-system \
+        --name-noise 0 --tower-from VISION_DIR --save TEXT_DIR
+    python scripts/probe_toy_llava.py --task verify --attributes color --steps 400 --lr 1e-3 --ground 1500 \
+        --no-system --name-noise 0 --init TEXT_DIR
+(VISION_DIR: a model after the dense ``vision`` stage, e.g. ``pretrain_toy.py --stages vision --out VISION_DIR``.)
 
 Without ``--init`` the language model is fresh (random) on top of the toy CLIP's tower; ``--tower``
 trains the tower too. One thread, deterministic.
@@ -21,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
 from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import create_toy_clip
@@ -29,15 +36,21 @@ from yollava.toyworld.world import sample_subject
 TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence")
 
 
-def build_model(init: Path | None, arch: toy.ToyLlavaArch):
+def build_model(init: Path | None, arch: toy.ToyLlavaArch, tower_from: Path | None) -> tuple:
+    """The model, its tokenizer and the tokenizer file (``tower_from``: take that saved model's vision tower)."""
     if init is not None:
         base = toy.load_toy_base(init)
-        return base.model, base.tokenizer
-    clip, _, _ = create_toy_clip()
-    folder = Path(tempfile.mkdtemp(prefix="probe_tokenizer_"))
-    toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
-    tokenizer = toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE)
-    return toy.new_model(arch, tokenizer, clip, seed=0), tokenizer
+        model, tokenizer, tokenizer_file = base.model, base.tokenizer, init / toy.TOKENIZER_FILE
+    else:
+        clip, _, _ = create_toy_clip()
+        tokenizer_file = Path(tempfile.mkdtemp(prefix="probe_tokenizer_")) / toy.TOKENIZER_FILE
+        toy.build_tokenizer(toy.required_words()).save(str(tokenizer_file))
+        tokenizer = toy.wrap_tokenizer(tokenizer_file)
+        model = toy.new_model(arch, tokenizer, clip, seed=0)
+    if tower_from is not None:
+        tower = toy.load_toy_base(tower_from).model.model.vision_tower
+        model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+    return model, tokenizer, tokenizer_file
 
 
 def build_mix(stream: str, scenes: int, known: list, per_identity: tuple[int, int], exclude: frozenset) -> toy.DataMix:
@@ -81,11 +94,13 @@ def main() -> None:
     parser.add_argument("--ground", type=int, default=0, help="first re-ground the projector for this many steps (ground_projector, lr 3e-3)")
     parser.add_argument("--name-noise", type=float, default=toy.PretrainConfig.name_noise, help="share of samples whose names get fresh vectors")
     parser.add_argument("--attributes", default="", help="comparisons ask only about these attributes, e.g. color,size")
+    parser.add_argument("--tower-from", type=Path, default=None, help="take the vision tower of this saved toy LLaVA (e.g. one after the dense vision stage)")
+    parser.add_argument("--save", type=Path, default=None, help="save the probed model here (loadable with --init)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     arch = toy.ToyLlavaArch(hidden_size=args.width, intermediate_size=3 * args.width, num_hidden_layers=args.layers,
                             num_attention_heads=max(4, args.width // 32), initializer_range=args.init_std)
-    model, tokenizer = build_model(args.init, arch)
+    model, tokenizer, tokenizer_file = build_model(args.init, arch, args.tower_from)
     exclude = toy.excluded_identities()
     known = toy.known_identities(0, exclude)[: args.known] if args.task == "named" else []
     train = build_mix("llava-train", 3000, known, (120, 40), exclude)
@@ -126,6 +141,9 @@ def main() -> None:
     config.eval_every, config.log_every = 100, 50
     print(json.dumps({"step": 0, "eval": evaluate()}), flush=True)
     toy.run_stage(model, stage, config, train, bank, encoder, lambda line: print(line, flush=True), evaluate)
+    if args.save is not None:
+        saved_arch = arch if args.init is None else toy.ToyLlavaArch(**json.loads((args.init / toy.CONFIG_FILE).read_text())["arch"])
+        toy.save_toy_llava(args.save, model, Tokenizer.from_file(str(tokenizer_file)), saved_arch, {"probe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
 
 
 if __name__ == "__main__":
