@@ -105,7 +105,7 @@ def test_pretraining_script_runs_every_stage(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_toy.py"), "--quick", "--stage-set", "instruct.mix=named:0.5/verify:0.5"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("vision", "language", "projector", "instruct"):
+    for stage in ("vision", "compare_color", "ground", "see_all", "language", "instruct"):
         assert f"stage {stage}:" in done.stdout
     assert "held-out quality" in done.stdout and "wrote" in done.stdout
 

@@ -605,6 +605,9 @@ class MixWeights:
     visual: float = 0.01
     named: float = 0.35
     named_text: float = 0.08
+    # "<x03> is a red … hat. Is <x03> striped?" (the comparison curriculum's stages; the "text"
+    # share above also holds some)
+    text_verify: float = 0.0
 
 
 class DataMix:
@@ -876,6 +879,8 @@ class DataMix:
             return self.named(rng, positive, eval_question=rng.random() < self.bare_share)
         if kind == "named_text":
             return self.named_text(rng)
+        if kind == "text_verify":
+            return self.text_verify(sample_subject(rng, exclude=self.exclude), rng, positive)
         return self.visual(index, rng)
 
 
@@ -1014,6 +1019,37 @@ class StageConfig:
     # False: prompts without llava_v1's system text. Comparisons ("X is red … . Is X blue?") leave
     # chance ~2x sooner when the 29 system tokens do not dilute attention at initialisation.
     system: bool = True
+    # attributes the stage's yes/no comparisons ask about (None: all; see DataMix.verify_attributes)
+    attributes: tuple[str, ...] | None = None
+    # share of samples whose names get fresh vectors (None: PretrainConfig.name_noise)
+    name_noise: float | None = None
+
+
+# The comparison curriculum: (group name, attributes, steps). Learning to compare colours gives
+# accessory colours for free (the same words) and nothing for the other groups; each group alone
+# leaves chance within 100-300 steps, all at once still sit near chance after 2,500 (README).
+COMPARISON_GROUPS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("color", ("color",), 800),
+    ("family", ("family",), 300),
+    ("size", ("size",), 300),
+    ("shape", ("shape",), 300),
+    ("pattern", ("pattern",), 300),
+    ("accessory", ("accessory",), 300),
+    ("all", tuple(ATTRIBUTES), 600),
+)
+
+
+def comparison_stages(prefix: str, task: str, trains: str) -> list[StageConfig]:
+    """One short-format stage per group of :data:`COMPARISON_GROUPS`, on ``task`` alone
+    (``text_verify`` in text, ``verify`` on single-subject images)."""
+    only = MixWeights(**{**{k: 0.0 for k in asdict(MixWeights())}, task: 1.0})
+    image_steps = {"color": 400}
+    return [
+        StageConfig(f"{prefix}_{group}", steps=steps if task == "text_verify" else image_steps.get(group, steps), lr=1e-3,
+                    trains=trains, task="mix", warmup=30, mix=only, single_share=1.0, system=False, attributes=attributes,
+                    name_noise=0.0)
+        for group, attributes, steps in COMPARISON_GROUPS
+    ]
 
 
 @dataclass
@@ -1035,9 +1071,14 @@ class PretrainConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [
         # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
         StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0),
-        # text: answers about described and known subjects, and yes/no comparisons
-        StageConfig("language", steps=2000, lr=2e-3, trains="language", task="text", warmup=50),
-        StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"),
+        # yes/no comparisons in text, one word group at a time (mixed from the start they plateau)
+        *comparison_stages("compare", "text_verify", "language"),
+        # the projected patches move onto the words that describe them
+        StageConfig("ground", steps=1500, lr=3e-3, trains="projector", task="ground"),
+        # the same comparisons on the image, where the text circuit now applies
+        *comparison_stages("see", "verify", "all"),
+        # text: answers about described and known subjects (comparisons kept in the "text" task)
+        StageConfig("language", steps=2000, lr=1e-3, trains="language", task="text", warmup=50),
         StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
     ])
     excluded_seeds: tuple[int, ...] = (0,)
@@ -1120,6 +1161,8 @@ def run_stage(
     mix.negative_kinds = stage.negatives or DataMix.NEGATIVE_KINDS
     mix.single_share = stage.single_share
     mix.bare_share = stage.bare_share
+    mix.verify_attributes = stage.attributes
+    name_noise = config.name_noise if stage.name_noise is None else stage.name_noise
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     history: list[dict[str, Any]] = []
@@ -1133,7 +1176,7 @@ def run_stage(
         embeds = embed_batch(model, batch, bank)
         embeds = replace_names(
             embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight, len(encoder.tokenizer),
-            generator, p=config.name_noise, low=config.name_noise_low,
+            generator, p=name_noise, low=config.name_noise_low,
         )
         loss = batch_loss(model, batch, embeds)
         optimizer.zero_grad(set_to_none=True)
