@@ -2,13 +2,16 @@
 
 The recipe is LLaVA-1.5's in miniature (yollava/toyworld/llava.py holds every piece):
 
-1. vision tower = the trained toy CLIP's (frozen); its layer -2 patch features of 30,000 fresh
-   scenes are computed once (benchmark concept identities of seed 0 are never drawn);
-2. ``language``: the language model learns the world's text (text-only questions about subjects
+1. ``vision``: the toy CLIP's tower, supervised densely (every patch's linear heads name the
+   attributes of the subject drawn on it; see ``supervise_tower``); then frozen. Its layer -2 patch
+   features of 30,000 fresh scenes are computed once (benchmark concept identities of seed 0 are
+   never drawn);
+2. the comparison curriculum (``comparison_stages``), one word group at a time in the short format:
+   ``compare_<group>`` ("<x03> is a small red … . Is <x03> blue?", language model) and
+   ``see_<group>`` ("Is this subject blue?" on single-subject photos, language model + projector);
+   ``ground`` first moves each projected patch onto the embeddings of the words describing it;
+3. ``language``: the language model learns the world's text (text-only questions about subjects
    introduced by a description; loss on the answers);
-3. ``projector``: the 2-layer projector is aligned to the language model's word embeddings (language
-   model frozen): attention-pooled projected patches of single-subject scenes must name each of the
-   subject's seven attributes (see ``align_projector``; 3x faster image reading than caption alignment);
 4. ``instruct``: language model + projector learn the task mix in yollava's chat format:
    captions, attribute questions, yes/no presence of described subjects, subjects introduced by
    a description ("<x03> is a … . Is <x03> in this photo?") and text-only questions about them;

@@ -194,7 +194,7 @@ def test_retrieve_through_the_service_end_to_end(world, embedder, tmp_path):
                                 per_image=12, n_easy=5, store=tmp_path / "store", cache_dir=tmp_path / "cache",
                                 timeout=5, progress=False)
     hard = [r for r in result.records if r.kind == "hard"]
-    assert hard and all(r.source.startswith(f"http://127.0.0.1:") for r in result.records)
+    assert hard and all(r.source.startswith("http://127.0.0.1:") for r in result.records)
     sources = {r.source.rsplit("/", 1)[-1] for r in result.records}
     assert "copy_of_p0.png" not in sources  # the subject's own photo is never a negative
     assert not sources & {"page.jpg", "g0.png", "g1.png", "g2.png", "g3.png"}

@@ -1039,17 +1039,24 @@ COMPARISON_GROUPS: tuple[tuple[str, tuple[str, ...], int], ...] = (
 )
 
 
-def comparison_stages(prefix: str, task: str, trains: str) -> list[StageConfig]:
-    """One short-format stage per group of :data:`COMPARISON_GROUPS`, on ``task`` alone
-    (``text_verify`` in text, ``verify`` on single-subject images)."""
-    only = MixWeights(**{**{k: 0.0 for k in asdict(MixWeights())}, task: 1.0})
-    image_steps = {"color": 400}
-    return [
-        StageConfig(f"{prefix}_{group}", steps=steps if task == "text_verify" else image_steps.get(group, steps), lr=1e-3,
-                    trains=trains, task="mix", warmup=30, mix=only, single_share=1.0, system=False, attributes=attributes,
-                    name_noise=0.0)
-        for group, attributes, steps in COMPARISON_GROUPS
-    ]
+def comparison_stages() -> list[StageConfig]:
+    """Per group of :data:`COMPARISON_GROUPS`, two short-format stages: ``compare_<group>``
+    (``text_verify`` alone, trains the language model) then ``see_<group>`` (``verify`` alone on
+    single-subject images, trains language model and projector); ``ground`` comes before the first
+    ``see`` stage.
+
+    Text colour comparison followed at once by the image one transfers (0.94 after 400 steps);
+    after all seven groups in text the image colour comparison stayed at chance (README).
+    """
+    stages = []
+    for group, attributes, steps in COMPARISON_GROUPS:
+        for prefix, task, trains, count in (("compare", "text_verify", "language", steps), ("see", "verify", "all", max(300, steps // 2))):
+            only = MixWeights(**{**{k: 0.0 for k in asdict(MixWeights())}, task: 1.0})
+            stages.append(StageConfig(f"{prefix}_{group}", steps=count, lr=1e-3, trains=trains, task="mix", warmup=30, mix=only,
+                                      single_share=1.0, system=False, attributes=attributes, name_noise=0.0))
+    # grounding targets are the input embeddings: ground once the first text stage has shaped them
+    stages.insert(1, StageConfig("ground", steps=1500, lr=3e-3, trains="projector", task="ground"))
+    return stages
 
 
 @dataclass
@@ -1071,12 +1078,10 @@ class PretrainConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [
         # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
         StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0),
-        # yes/no comparisons in text, one word group at a time (mixed from the start they plateau)
-        *comparison_stages("compare", "text_verify", "language"),
-        # the projected patches move onto the words that describe them
-        StageConfig("ground", steps=1500, lr=3e-3, trains="projector", task="ground"),
-        # the same comparisons on the image, where the text circuit now applies
-        *comparison_stages("see", "verify", "all"),
+        # yes/no comparisons one word group at a time (mixed from the start they plateau), each
+        # first in text, then on the image, where the text circuit applies; before the first image
+        # stage the projected patches move onto the words that describe them ("ground")
+        *comparison_stages(),
         # text: answers about described and known subjects (comparisons kept in the "text" task)
         StageConfig("language", steps=2000, lr=1e-3, trains="language", task="text", warmup=50),
         StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
