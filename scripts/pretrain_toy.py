@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the run bit-reproducible on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-items", type=int, default=400, help="held-out items per gate")
+    parser.add_argument("--recipe", choices=toy.RECIPES, default="curriculum", help="named stage list (README \"The toy world\")")
     parser.add_argument("--stage-steps", default="", help="override steps per stage, e.g. language=200,instruct=1000 (experiments)")
     parser.add_argument("--stage-set", default="", help="override stage fields, e.g. instruct.trains=all,instruct.lr=2e-3 (experiments)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage, into a temp folder (pipeline check)")
@@ -192,7 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    config = toy.PretrainConfig(seed=args.seed)
+    config = toy.PretrainConfig(seed=args.seed, stages=toy.recipe_stages(args.recipe))
     heldout_count = 2000
     if args.eval_only and args.init is None:
         raise SystemExit("--eval-only needs --init DIR (the model to evaluate)")

@@ -207,3 +207,13 @@ def _saved_tokenizer(folder: Path) -> Path:
     if not path.is_file():
         toy.build_tokenizer(toy.required_words()).save(str(path))
     return path
+
+
+def test_recipes_name_their_stages():
+    curriculum = [s.name for s in toy.recipe_stages("curriculum")]
+    assert curriculum[:4] == ["vision", "compare_color", "ground", "see_color"] and curriculum[-2:] == ["language", "instruct"]
+    assert [s for s in toy.recipe_stages("curriculum") if s.name.startswith(("compare_", "see_"))] and all(
+        not s.system and s.attributes for s in toy.recipe_stages("curriculum") if s.name.startswith(("compare_", "see_")))
+    assert [s.name for s in toy.recipe_stages("classic")] == ["vision", "language", "projector", "instruct"]
+    with pytest.raises(ValueError, match="unknown recipe"):
+        toy.recipe_stages("fast")

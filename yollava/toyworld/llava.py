@@ -1059,6 +1059,31 @@ def comparison_stages() -> list[StageConfig]:
     return stages
 
 
+RECIPES = ("curriculum", "classic")
+
+
+def recipe_stages(recipe: str) -> list[StageConfig]:
+    """The stages of a named recipe (README "The toy world" has each one's measured quality).
+
+    ``curriculum`` (the default): vision, the comparison curriculum, language, instruct.
+    ``classic``: vision, language, caption-free projector alignment, instruct (the previous default;
+    better attribute answers, yes/no at chance).
+    """
+    # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
+    vision = StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0)
+    instruct = StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100)
+    if recipe == "curriculum":
+        # yes/no comparisons one word group at a time (mixed from the start they plateau), each
+        # first in text, then on the image, where the text circuit applies; then text answers
+        # about described and known subjects (comparisons kept in the "text" task)
+        return [vision, *comparison_stages(),
+                StageConfig("language", steps=2000, lr=1e-3, trains="language", task="text", warmup=50), instruct]
+    if recipe == "classic":
+        return [vision, StageConfig("language", steps=2000, lr=2e-3, trains="language", task="text", warmup=50),
+                StageConfig("projector", steps=1000, lr=3e-3, trains="projector", task="align"), instruct]
+    raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+
+
 @dataclass
 class PretrainConfig:
     """The whole recipe (defaults: the shipped weights)."""
@@ -1075,17 +1100,7 @@ class PretrainConfig:
     name_noise: float = 0.5
     name_noise_low: float = 0.02
     mix: MixWeights = field(default_factory=MixWeights)
-    stages: list[StageConfig] = field(default_factory=lambda: [
-        # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
-        StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0),
-        # yes/no comparisons one word group at a time (mixed from the start they plateau), each
-        # first in text, then on the image, where the text circuit applies; before the first image
-        # stage the projected patches move onto the words that describe them ("ground")
-        *comparison_stages(),
-        # text: answers about described and known subjects (comparisons kept in the "text" task)
-        StageConfig("language", steps=2000, lr=1e-3, trains="language", task="text", warmup=50),
-        StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100),
-    ])
+    stages: list[StageConfig] = field(default_factory=lambda: recipe_stages("curriculum"))
     excluded_seeds: tuple[int, ...] = (0,)
     excluded_max_concepts: int = 20
     log_every: int = 50
