@@ -33,7 +33,7 @@ from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import create_toy_clip
 from yollava.toyworld.world import sample_subject
 
-TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence")
+TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence", "bound")
 
 
 def build_model(init: Path | None, arch: toy.ToyLlavaArch, tower_from: Path | None) -> tuple:
@@ -70,6 +70,8 @@ def draw(mix: toy.DataMix, task: str, rng: random.Random, eval_question: bool = 
         return mix.introduced(rng.randrange(len(mix.scenes)), rng, positive, eval_question=eval_question)
     if task == "presence":
         return mix.presence(rng.randrange(len(mix.scenes)), rng, positive)
+    if task == "bound":
+        return mix.bound(rng.randrange(len(mix.scenes)), rng, positive, eval_question=eval_question or rng.random() < 0.5)
     if task == "named":
         return mix.named(rng, positive, eval_question=eval_question or rng.random() < 0.25)
     while True:
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--name-noise", type=float, default=toy.PretrainConfig.name_noise, help="share of samples whose names get fresh vectors")
     parser.add_argument("--attributes", default="", help="comparisons ask only about these attributes, e.g. color,size")
     parser.add_argument("--tower-from", type=Path, default=None, help="take the vision tower of this saved toy LLaVA (e.g. one after the dense vision stage)")
+    parser.add_argument("--negatives", default="", help="kinds of absent subjects with weights, e.g. random:1 or fine:0.5/random:0.5 (default: DataMix's)")
     parser.add_argument("--save", type=Path, default=None, help="save the probed model here (loadable with --init)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -113,6 +116,7 @@ def main() -> None:
         config = toy.PretrainConfig()
         toy.ground_projector(model, toy.StageConfig("ground", args.ground, 3e-3, "projector", "ground"), config, train, bank, tokenizer, print)
     encoder = toy.Encoder(tokenizer, model.config.image_token_id, bank.shape[1], system=not args.no_system)
+    negatives = tuple((k, float(w)) for k, w in (part.split(":") for part in args.negatives.split("/"))) if args.negatives else None
     if args.attributes:
         train.verify_attributes = heldout.verify_attributes = tuple(args.attributes.split(","))
     train.sample = lambda rng, weights: draw(train, args.task, rng, eval_question=args.bare)
@@ -136,7 +140,7 @@ def main() -> None:
         return {**report, **{tag: round(hits[tag] / totals[tag], 2) for tag in sorted(totals)}}
 
     stage = toy.StageConfig("probe", steps=args.steps, lr=args.lr, trains="vision+all" if args.tower else "all", task="mix",
-                            warmup=30, vision_lr_scale=0.5)
+                            warmup=30, vision_lr_scale=0.5, negatives=negatives)
     config = toy.PretrainConfig(name_noise=args.name_noise)
     config.eval_every, config.log_every = 100, 50
     print(json.dumps({"step": 0, "eval": evaluate()}), flush=True)

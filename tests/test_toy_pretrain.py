@@ -217,3 +217,42 @@ def test_recipes_name_their_stages():
     assert [s.name for s in toy.recipe_stages("classic")] == ["vision", "language", "projector", "instruct"]
     with pytest.raises(ValueError, match="unknown recipe"):
         toy.recipe_stages("fast")
+
+
+def test_bound_questions_are_labelled_by_the_scene_and_carry_their_subject(world):
+    mix, _, _ = world
+    rng = random.Random(2)
+    prefixed = 0
+    for i in range(100):
+        sample = mix.bound(i % 40, rng, i % 2 == 0, eval_question=True)
+        name, subject = sample.binding
+        assert sample.label == (i % 2 == 0) == any(p.subject == subject for p in mix.scenes[sample.scene].subjects)
+        assert name in toy.NAME_TOKENS and sample.answer == ("Yes." if sample.label else "No.")
+        if sample.tag.endswith("+prefix"):  # "<x03> is <x11> … <x27>. Can you see if <x03> …": a soft prompt's shape
+            prefixed += 1
+            head, question = sample.user.split(". ", 1)
+            words = head.split()
+            assert words[:2] == [name, "is"] and len(set(words[2:]) - {name}) == toy.BOUND_LATENTS and name in question
+    assert 20 < prefixed < 80
+
+
+def test_bound_names_get_their_subjects_attribute_vector(world, tmp_path):
+    mix, _, _ = world
+    tokenizer = toy.wrap_tokenizer(_saved_tokenizer(tmp_path))
+    embedding = torch.randn(len(tokenizer) + 8, 16)
+    encoder = toy.Encoder(tokenizer, tokenizer.convert_tokens_to_ids("<image>"), 64)
+    rng = random.Random(3)
+    samples = [mix.bound(0, rng, True, prefix=True), mix.named(rng, True)]
+    items = [encoder(s) for s in samples]
+    batch = toy.collate(items, tokenizer.pad_token_id)
+    embeds = embedding[batch.ids]
+    out = toy.bind_names(embeds, batch, items, embedding, tokenizer)
+    name, subject = samples[0].binding
+    where = batch.ids[0] == tokenizer.convert_tokens_to_ids(name)
+    words = [getattr(subject, a) or "none" for a in ATTRIBUTES]
+    expected = embedding[tokenizer.convert_tokens_to_ids(words)].sum(0) / len(words) ** 0.5
+    assert int(where.sum()) >= 2  # the prefix, the question (and a sentence answer)
+    torch.testing.assert_close(out[0, where], expected.expand(int(where.sum()), -1))
+    torch.testing.assert_close(out[0, ~where], embeds[0, ~where])  # the latents' names and every other token keep their rows
+    torch.testing.assert_close(out[1], embeds[1])  # unbound samples are untouched
+    assert (batch.labels[0, where] == -100).all()

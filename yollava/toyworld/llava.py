@@ -88,6 +88,8 @@ UNK, BOS, EOS, PAD, IMAGE = SPECIAL_TOKENS
 # round pet. Is <x07> in this photo?"). A concept called x00..x31 would clash and is refused by
 # yollava.concept.attach with a rename hint.
 NAME_TOKENS = tuple(f"<x{i:02d}>" for i in range(32))
+# names standing in for a concept's latent tokens in the "bound" task's soft-prompt-shaped prefix
+BOUND_LATENTS = 16
 # Names of fixed pretraining identities ("known subjects"): each always means the same subject, so
 # "Is <p07> in this photo?" is learnable image by image, and the model learns what a concept
 # identifier is for: an embedding that says what to look for (see DataMix.named).
@@ -564,6 +566,9 @@ class ToySample:
     label: bool | None = None
     tag: str = ""
     expected: str = ""
+    # (name token, subject): the name's input vector is made from the subject's attribute words
+    # (see bind_names) instead of its own row, as a learned concept identifier would carry it
+    binding: tuple[str, Subject] | None = None
 
 
 def _lookalike(subject: Subject, attribute: str, rng: random.Random) -> Subject | None:
@@ -608,6 +613,8 @@ class MixWeights:
     # "<x03> is a red … hat. Is <x03> striped?" (the comparison curriculum's stages; the "text"
     # share above also holds some)
     text_verify: float = 0.0
+    # "Is <x03> in this photo?" where <x03>'s vector is made from a subject's attributes (bind_names)
+    bound: float = 0.0
 
 
 class DataMix:
@@ -823,6 +830,23 @@ class DataMix:
         question, answer = self._recognition_turn(token, positive, eval_question, rng)
         return ToySample("named", question, answer, index, positive, tag)
 
+    def bound(self, index: int, rng: random.Random, positive: bool, eval_question: bool = False,
+              prefix: bool | None = None) -> ToySample:
+        """"Is <x03> in this photo?" where <x03> carries a subject's attribute vector (:func:`bind_names`).
+
+        The subject is in the scene or absent (one-attribute lookalikes first). With ``prefix`` (half
+        the time by default) the question follows "<x03> is <x11> … <x27>." with sixteen other
+        names, the shape of a trained concept's soft prompt.
+        """
+        subject, tag = self._described(self.scenes[index], rng, positive)
+        name = self._name(rng)
+        question, answer = self._recognition_turn(name, positive, eval_question, rng)
+        if prefix if prefix is not None else rng.random() < 0.5:
+            latents = rng.sample([n for n in self.names if n != name], BOUND_LATENTS)
+            question = f"{name} is {' '.join(latents)}. {question}"
+            tag = f"{tag}+prefix"
+        return ToySample("bound", question, answer, index, positive, tag, binding=(name, subject))
+
     def named_text(self, rng: random.Random) -> ToySample:
         """"What colour is <p07>?" with no image: the identity's attributes, from its name alone."""
         k = rng.randrange(len(self.known))
@@ -885,6 +909,8 @@ class DataMix:
             return self.named_text(rng)
         if kind == "text_verify":
             return self.text_verify(sample_subject(rng, exclude=self.exclude), rng, positive)
+        if kind == "bound":
+            return self.bound(index, rng, positive, eval_question=rng.random() < self.bare_share)
         return self.visual(index, rng)
 
 
@@ -967,6 +993,35 @@ def replace_names(
             vector = mean + sigma * std * torch.randn(mean.shape, generator=generator)
             embeds = embeds.index_put((torch.full_like(where, row), where), vector.expand(len(where), -1))
             batch.labels[row, where] = IGNORE_INDEX
+    return embeds
+
+
+def subject_vector(subject: Subject, embedding: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+    """The sum of the input rows of a subject's attribute words, divided by the square root of their count."""
+    words = [getattr(subject, a) or "none" for a in ATTRIBUTES]
+    rows = embedding[tokenizer.convert_tokens_to_ids(words)]
+    return rows.sum(0) / math.sqrt(len(words))
+
+
+def bind_names(embeds: torch.Tensor, batch: Batch, items: Sequence[Encoded], embedding: torch.Tensor, tokenizer: Any,
+               generator: torch.Generator | None = None, noise: float = 0.0) -> torch.Tensor:
+    """Give each bound name (``ToySample.binding``) its subject's vector, plus ``noise`` x vocabulary std of Gaussian noise.
+
+    A trained concept identifier is a free vector found by gradient descent; a base that reads
+    identities off such vectors, smoothly in attribute space, gives that descent somewhere to go.
+    The name's answer positions lose their labels (no output row for the vector).
+    """
+    std = embedding[: len(tokenizer)].detach().std(0)
+    for row, item in enumerate(items):
+        if item.sample.binding is None:
+            continue
+        name, subject = item.sample.binding
+        where = (batch.ids[row] == tokenizer.convert_tokens_to_ids(name)).nonzero()[:, 0]
+        vector = subject_vector(subject, embedding, tokenizer)
+        if noise and generator is not None:
+            vector = vector + noise * std * torch.randn(vector.shape, generator=generator)
+        embeds = embeds.index_put((torch.full_like(where, row), where), vector.expand(len(where), -1))
+        batch.labels[row, where] = IGNORE_INDEX
     return embeds
 
 
@@ -1103,6 +1158,8 @@ class PretrainConfig:
     grad_clip: float = 1.0
     name_noise: float = 0.5
     name_noise_low: float = 0.02
+    # Gaussian noise on bound names' vectors, in vocabulary stds (see bind_names)
+    bound_noise: float = 0.3
     mix: MixWeights = field(default_factory=MixWeights)
     stages: list[StageConfig] = field(default_factory=lambda: recipe_stages("curriculum"))
     excluded_seeds: tuple[int, ...] = (0,)
@@ -1202,6 +1259,8 @@ def run_stage(
             embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight, len(encoder.tokenizer),
             generator, p=name_noise, low=config.name_noise_low,
         )
+        embeds = bind_names(embeds, batch, items, model.model.language_model.embed_tokens.weight, encoder.tokenizer,
+                            generator, noise=config.bound_noise)
         loss = batch_loss(model, batch, embeds)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -1544,6 +1603,7 @@ def _hidden(model: LlavaForConditionalGeneration, encoder: Encoder, items: Seque
         # new identifiers the way the default concept.init=mean makes them: vocabulary mean + 2 % noise
         embeds = replace_names(embeds, batch, encoder.name_ids, model.model.language_model.embed_tokens.weight,
                                len(encoder.tokenizer), fresh, p=1.0, low=0.02, high=0.02)
+    embeds = bind_names(embeds, batch, items, model.model.language_model.embed_tokens.weight, encoder.tokenizer)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False).last_hidden_state
     return hidden, batch
 
