@@ -54,6 +54,7 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, con
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
     overrides.append(f"data.recipe={args.recipe}")
+    overrides.extend(args.set)
     config = load_config(overrides=overrides)
     if args.retrieval:
         source = NegativeSource(pool=str(data / "pool"), embedder="toy")
@@ -112,7 +113,8 @@ def summarize(results: list[dict]) -> dict:
 def markdown(results: list[dict], summary: dict, args: argparse.Namespace) -> str:
     lines = [
         f"# Toy-world personalization benchmark (model `{args.model}`, {args.positives} positives, "
-        f"{'retrieved' if args.retrieval else f'{args.negatives} random'} negatives, recipe `{args.recipe}`)",
+        f"{'retrieved' if args.retrieval else f'{args.negatives} random'} negatives, recipe `{args.recipe}`"
+        f"{', overrides `' + ' '.join(args.set) + '`' if args.set else ''})",
         "",
         "| concept | lookalike of | vanilla weighted | described weighted | trained positive | trained negative | trained weighted | train CPU s |",
         "|---|---|---|---|---|---|---|---|",
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="recognition", help="data.recipe")
     parser.add_argument("--epochs", type=int, default=0, help="override train.epochs (0 = default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides for every concept, e.g. train.lr=3e-4")
     parser.add_argument("--shard", default="", help="K/N: only every N-th concept from the K-th (run N processes, then --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="combine these shards' --out folders into --out")
     args = parser.parse_args()

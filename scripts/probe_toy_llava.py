@@ -11,6 +11,9 @@ The comparison curriculum (colour in text, then colour on the image through a gr
         --name-noise 0 --tower-from VISION_DIR --save TEXT_DIR
     python scripts/probe_toy_llava.py --task verify --attributes color --steps 400 --lr 1e-3 --ground 1500 \
         --no-system --name-noise 0 --init TEXT_DIR
+Identities (README "Known identities and bound names"):
+    python scripts/probe_toy_llava.py --task named --known 64 --steps 1500 --init VISION_DIR --tower --save NAMED_DIR
+    python scripts/probe_toy_llava.py --task bound --steps 1500 --init VISION_DIR --tower [--negatives random:1]
 (VISION_DIR: a model after the dense ``vision`` stage, e.g. ``pretrain_toy.py --stages vision --out VISION_DIR``.)
 
 Without ``--init`` the language model is fresh (random) on top of the toy CLIP's tower; ``--tower``
@@ -33,7 +36,7 @@ from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import create_toy_clip
 from yollava.toyworld.world import sample_subject
 
-TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence", "bound")
+TASKS = ("text_verify", "verify", "attribute", "named", "introduced", "presence", "bound", "named+bound")
 
 
 def build_model(init: Path | None, arch: toy.ToyLlavaArch, tower_from: Path | None) -> tuple:
@@ -70,6 +73,8 @@ def draw(mix: toy.DataMix, task: str, rng: random.Random, eval_question: bool = 
         return mix.introduced(rng.randrange(len(mix.scenes)), rng, positive, eval_question=eval_question)
     if task == "presence":
         return mix.presence(rng.randrange(len(mix.scenes)), rng, positive)
+    if task == "named+bound":
+        return draw(mix, "named" if rng.random() < 0.5 else "bound", rng, eval_question)
     if task == "bound":
         return mix.bound(rng.randrange(len(mix.scenes)), rng, positive, eval_question=eval_question or rng.random() < 0.5)
     if task == "named":
@@ -98,6 +103,11 @@ def main() -> None:
     parser.add_argument("--attributes", default="", help="comparisons ask only about these attributes, e.g. color,size")
     parser.add_argument("--tower-from", type=Path, default=None, help="take the vision tower of this saved toy LLaVA (e.g. one after the dense vision stage)")
     parser.add_argument("--negatives", default="", help="kinds of absent subjects with weights, e.g. random:1 or fine:0.5/random:0.5 (default: DataMix's)")
+    parser.add_argument("--scenes", type=int, default=3000, help="training scenes (held out: a tenth)")
+    parser.add_argument("--eval-items", type=int, default=300, help="held-out questions scored every 100 steps")
+    parser.add_argument("--eval-task", choices=TASKS, default=None, help="score this task instead of --task (e.g. train named, score bound)")
+    parser.add_argument("--known-init", choices=("row", "attributes"), default="row",
+                        help="attributes: start each known identity's row at its subject's attribute vector (toy.subject_vector)")
     parser.add_argument("--save", type=Path, default=None, help="save the probed model here (loadable with --init)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,9 +115,15 @@ def main() -> None:
                             num_attention_heads=max(4, args.width // 32), initializer_range=args.init_std)
     model, tokenizer, tokenizer_file = build_model(args.init, arch, args.tower_from)
     exclude = toy.excluded_identities()
-    known = toy.known_identities(0, exclude)[: args.known] if args.task == "named" else []
-    train = build_mix("llava-train", 3000, known, (120, 40), exclude)
-    heldout = build_mix("llava-heldout", 300, known, (12, 6), exclude)
+    known = toy.known_identities(0, exclude)[: args.known] if "named" in args.task else []
+    if args.known_init == "attributes":
+        with torch.no_grad():
+            rows = model.model.language_model.embed_tokens.weight
+            for token, subject in zip(toy.KNOWN_TOKENS, known):
+                rows[tokenizer.convert_tokens_to_ids(token)] = toy.subject_vector(subject, rows, tokenizer)
+    small = args.scenes < 3000  # a smoke run: few scenes per known identity too
+    train = build_mix("llava-train", args.scenes, known, (4, 2) if small else (120, 40), exclude)
+    heldout = build_mix("llava-heldout", max(20, args.scenes // 10), known, (2, 1) if small else (12, 6), exclude)
     if args.tower:
         bank, heldout_bank = toy.PixelBank(model, train.scenes), toy.PixelBank(model, heldout.scenes)
     else:
@@ -121,8 +137,8 @@ def main() -> None:
         train.verify_attributes = heldout.verify_attributes = tuple(args.attributes.split(","))
     train.sample = lambda rng, weights: draw(train, args.task, rng, eval_question=args.bare)
     rng = random.Random(1)
-    items = [draw(heldout, args.task, rng, eval_question=True) for _ in range(300)]
-    yes_no = args.task != "attribute"
+    items = [draw(heldout, args.eval_task or args.task, rng, eval_question=True) for _ in range(args.eval_items)]
+    yes_no = (args.eval_task or args.task) != "attribute"
 
     def evaluate() -> dict:
         if yes_no:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -256,3 +257,18 @@ def test_bound_names_get_their_subjects_attribute_vector(world, tmp_path):
     torch.testing.assert_close(out[0, ~where], embeds[0, ~where])  # the latents' names and every other token keep their rows
     torch.testing.assert_close(out[1], embeds[1])  # unbound samples are untouched
     assert (batch.labels[0, where] == -100).all()
+
+
+def test_probe_script_trains_scores_and_saves_a_loadable_model(tmp_path):
+    """scripts/probe_toy_llava.py end to end on a few scenes: named + bound training, bound scoring, --save."""
+    saved = tmp_path / "probed"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "probe_toy_llava.py"), "--task", "named+bound", "--eval-task", "bound", "--known", "4",
+         "--known-init", "attributes", "--scenes", "40", "--eval-items", "16", "--steps", "2", "--save", str(saved)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert records[0]["step"] == 0 and records[-1]["step"] == 2 and "eval" in records[-1]
+    assert {"accuracy", "yes_rate"} <= set(records[-1]["eval"]) and any(tag.endswith("+prefix") for tag in records[-1]["eval"])
+    assert toy.load_toy_base(saved).model.config.text_config.hidden_size == toy.ToyLlavaArch().hidden_size

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -223,3 +225,24 @@ def test_existing_output_is_refused_and_failures_leave_nothing(tiny, tmp_path, m
     with pytest.raises(RuntimeError):
         generate_benchmark(tmp_path / "broken", **TINY)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_script_writes_every_report_and_applies_overrides(tiny, tmp_path):
+    """Mechanics of scripts/bench_toyworld.py on the tiny random model (its numbers mean nothing here)."""
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "bench_toyworld.py"), "--data", str(tiny),
+         "--model", "tiny", "--concepts", "1", "--epochs", "1", "--negatives", "8", "--set", "train.lr=3e-4", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    first = json.loads((tiny / bench.BENCHMARK_FILE).read_text())["concepts"][0]
+    assert [r["concept"] for r in report["concepts"]] == [first]
+    row = report["concepts"][0]
+    for key in ("trained", "vanilla", "described"):
+        assert 0.0 <= row[key]["weighted"] <= 1.0
+    assert report["summary"]["concepts"] == 1 and row["train_cpu_s"] > 0
+    assert "train.lr=3e-4" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
+    (config,) = (out / "work" / "runs" / first).glob("*/config.yaml")
+    assert "lr: 0.0003" in config.read_text()
