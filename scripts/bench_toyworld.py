@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides for every concept, e.g. train.lr=3e-4")
     parser.add_argument("--shard", default="", help="K/N: only every N-th concept from the K-th (run N processes, then --merge)")
+    parser.add_argument("--resume", action="store_true", help="keep the concepts already in --out's results.partial.json (same settings assumed)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="combine these shards' --out folders into --out")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -183,11 +184,17 @@ def main() -> None:
         if args.shard:
             k, n = (int(x) for x in args.shard.split("/"))
             names = names[k::n]
+        partial = args.out / "results.partial.json"
+        done = {r["concept"]: r for r in json.loads(partial.read_text())} if args.resume and partial.is_file() else {}
         results = []
         for index, name in enumerate(names, 1):
+            if name in done:
+                console.print(f"[{index}/{len(names)}] {name}: kept from {partial}")
+                results.append(done[name])
+                continue
             console.rule(f"[{index}/{len(names)}] {name}")
             results.append(run_concept(name, args.data, args.out / "work", args, console))
-            write_json_atomic(args.out / "results.partial.json", results)
+            write_json_atomic(partial, results)
     summary = summarize(results)
     write_json_atomic(args.out / "results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "concepts": results})
     write_text_atomic(args.out / "results.md", markdown(results, summary, args))

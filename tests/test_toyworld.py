@@ -227,14 +227,12 @@ def test_existing_output_is_refused_and_failures_leave_nothing(tiny, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_benchmark_script_writes_every_report_and_applies_overrides(tiny, tmp_path):
+def test_benchmark_script_writes_every_report_applies_overrides_and_resumes(tiny, tmp_path):
     """Mechanics of scripts/bench_toyworld.py on the tiny random model (its numbers mean nothing here)."""
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "bench_toyworld.py"), "--data", str(tiny),
-         "--model", "tiny", "--concepts", "1", "--epochs", "1", "--negatives", "8", "--set", "train.lr=3e-4", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
+    command = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "bench_toyworld.py"), "--data", str(tiny),
+               "--model", "tiny", "--concepts", "1", "--epochs", "1", "--negatives", "8", "--set", "train.lr=3e-4", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     first = json.loads((tiny / bench.BENCHMARK_FILE).read_text())["concepts"][0]
@@ -246,3 +244,8 @@ def test_benchmark_script_writes_every_report_and_applies_overrides(tiny, tmp_pa
     assert "train.lr=3e-4" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
     (config,) = (out / "work" / "runs" / first).glob("*/config.yaml")
     assert "lr: 0.0003" in config.read_text()
+    # --resume keeps finished concepts (an interrupted benchmark goes on where it stopped)
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0 and "kept from" in again.stderr, again.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["concepts"] == report["concepts"]
+    assert len(list((out / "work" / "runs" / first).glob("*/config.yaml"))) == 1  # not trained again
