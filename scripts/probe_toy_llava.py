@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--attributes", default="", help="comparisons ask only about these attributes, e.g. color,size")
     parser.add_argument("--tower-from", type=Path, default=None, help="take the vision tower of this saved toy LLaVA (e.g. one after the dense vision stage)")
     parser.add_argument("--negatives", default="", help="kinds of absent subjects with weights, e.g. random:1 or fine:0.5/random:0.5 (default: DataMix's)")
-    parser.add_argument("--scenes", type=int, default=3000, help="training scenes (held out: a tenth)")
+    parser.add_argument("--scenes", type=int, default=3000, help="training scenes (held out: a tenth; known identities' scenes scale with it)")
     parser.add_argument("--eval-items", type=int, default=300, help="held-out questions scored every 100 steps")
     parser.add_argument("--eval-task", choices=TASKS, default=None, help="score this task instead of --task (e.g. train named, score bound)")
     parser.add_argument("--known-init", choices=("row", "attributes"), default="row",
@@ -121,9 +121,10 @@ def main() -> None:
             rows = model.model.language_model.embed_tokens.weight
             for token, subject in zip(toy.KNOWN_TOKENS, known):
                 rows[tokenizer.convert_tokens_to_ids(token)] = toy.subject_vector(subject, rows, tokenizer)
-    small = args.scenes < 3000  # a smoke run: few scenes per known identity too
-    train = build_mix("llava-train", args.scenes, known, (4, 2) if small else (120, 40), exclude)
-    heldout = build_mix("llava-heldout", max(20, args.scenes // 10), known, (2, 1) if small else (12, 6), exclude)
+    # scenes per known identity (with it, with a lookalike) scale with --scenes: (120, 40) and (12, 6) at 3,000
+    share = args.scenes / 3000
+    train = build_mix("llava-train", args.scenes, known, (max(2, round(120 * share)), max(1, round(40 * share))), exclude)
+    heldout = build_mix("llava-heldout", max(20, args.scenes // 10), known, (max(2, round(12 * share)), max(1, round(6 * share))), exclude)
     if args.tower:
         bank, heldout_bank = toy.PixelBank(model, train.scenes), toy.PixelBank(model, heldout.scenes)
     else:

@@ -1011,14 +1011,14 @@ def bind_names(embeds: torch.Tensor, batch: Batch, items: Sequence[Encoded], emb
     identities off such vectors, smoothly in attribute space, gives that descent somewhere to go.
     The name's answer positions lose their labels (no output row for the vector).
     """
-    std = embedding[: len(tokenizer)].detach().std(0)
-    for row, item in enumerate(items):
-        if item.sample.binding is None:
-            continue
-        name, subject = item.sample.binding
+    bound = [(row, item.sample.binding) for row, item in enumerate(items) if item.sample.binding is not None]
+    if not bound:  # every step of every stage comes through here
+        return embeds
+    std = embedding[: len(tokenizer)].detach().std(0) if noise and generator is not None else None
+    for row, (name, subject) in bound:
         where = (batch.ids[row] == tokenizer.convert_tokens_to_ids(name)).nonzero()[:, 0]
         vector = subject_vector(subject, embedding, tokenizer)
-        if noise and generator is not None:
+        if std is not None:
             vector = vector + noise * std * torch.randn(vector.shape, generator=generator)
         embeds = embeds.index_put((torch.full_like(where, row), where), vector.expand(len(where), -1))
         batch.labels[row, where] = IGNORE_INDEX
