@@ -40,6 +40,7 @@ import torch
 from tokenizers import Tokenizer
 
 from yollava.images import file_sha256
+from yollava.toyworld import compiled
 from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import TOY_CLIP_ASSETS, WEIGHTS_FILE, create_toy_clip
 from yollava.toyworld.world import GENERATOR_VERSION
@@ -47,6 +48,8 @@ from yollava.toyworld.world import GENERATOR_VERSION
 TRAIN_STREAM = "llava-train"
 HELDOUT_STREAM = "llava-heldout"
 IMAGE_SIZE = 64
+# the compiled circuit's free numbers, chosen on training scenes (see compiled.calibrate_circuit)
+CALIBRATION_GRID = {"threshold": (0.8, 0.85, 0.9), "size_weight": (1.0, 0.5), "shape_weight": (1.0, 0.5)}
 
 
 def measure_concept_step(folder: Path, repeats: int = 30) -> dict[str, float]:
@@ -181,24 +184,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the run bit-reproducible on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-items", type=int, default=400, help="held-out items per gate")
-    parser.add_argument("--recipe", choices=toy.RECIPES, default="curriculum", help="named stage list (README \"The toy world\")")
+    parser.add_argument("--recipe", choices=toy.RECIPES, default="compiled", help="named stage list (README \"The toy world\")")
     parser.add_argument("--stage-steps", default="", help="override steps per stage, e.g. language=200,instruct=1000 (experiments)")
     parser.add_argument("--stage-set", default="", help="override stage fields, e.g. instruct.trains=all,instruct.lr=2e-3 (experiments)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage, into a temp folder (pipeline check)")
     parser.add_argument("--init", type=Path, default=None, help="start from this saved toy LLaVA (its tokenizer too) instead of a fresh one")
     parser.add_argument("--tower-from", type=Path, default=None,
-                        help="with --init: take the vision tower from this saved toy LLaVA (stages run separately, e.g. vision and language in parallel)")
+                        help="take the vision tower from this saved toy LLaVA (e.g. after a separate vision stage; with or without --init)")
     parser.add_argument("--stages", default="", help="run only these stages, e.g. vision,instruct (with --init)")
     parser.add_argument("--eval-only", action="store_true", help="with --init: no training, re-run the held-out evaluation and rewrite the report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    config = toy.PretrainConfig(seed=args.seed, stages=toy.recipe_stages(args.recipe))
+    config = toy.PretrainConfig(seed=args.seed, stages=toy.recipe_stages(args.recipe), arch=toy.recipe_arch(args.recipe))
     heldout_count = 2000
     if args.eval_only and args.init is None:
         raise SystemExit("--eval-only needs --init DIR (the model to evaluate)")
-    if args.tower_from is not None and args.init is None:
-        raise SystemExit("--tower-from needs --init DIR (the model whose tower it replaces)")
     if args.eval_only:
         config.stages = []
     if args.stages:
@@ -243,11 +244,8 @@ def main() -> None:
         tokenizer_json = Tokenizer.from_file(str(args.init / toy.TOKENIZER_FILE))
         tokenizer = toy.wrap_tokenizer(args.init / toy.TOKENIZER_FILE)
         model = toy.load_toy_base(args.init).model
+        config.arch = toy.ToyLlavaArch(**json.loads((args.init / toy.CONFIG_FILE).read_text(encoding="utf-8"))["arch"])
         log(f"starting from {args.init}")
-        if args.tower_from is not None:
-            tower = toy.load_toy_base(args.tower_from).model.model.vision_tower
-            model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
-            log(f"vision tower from {args.tower_from}")
     else:
         clip_model, _, _ = create_toy_clip(weights=args.clip_weights)
         words = toy.required_words()
@@ -256,6 +254,10 @@ def main() -> None:
             tokenizer_json.save(str(Path(tmp) / toy.TOKENIZER_FILE))
             tokenizer = toy.wrap_tokenizer(Path(tmp) / toy.TOKENIZER_FILE)
         model = toy.new_model(config.arch, tokenizer, clip_model, seed=config.seed)
+    if args.tower_from is not None:
+        tower = toy.load_toy_base(args.tower_from).model.model.vision_tower
+        model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+        log(f"vision tower from {args.tower_from}")
     exclude = toy.excluded_identities(config.excluded_seeds, config.excluded_max_concepts)
     log(f"tokenizer {len(tokenizer)} entries; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(exclude)} excluded identities")
 
@@ -295,6 +297,16 @@ def main() -> None:
 
     history = []
     vision_quality: dict = {}
+    circuit = compiled.CircuitConfig()
+    circuit_report: dict = {}
+    frozen = None
+    if args.init is not None:
+        saved_circuit = json.loads((args.init / toy.CONFIG_FILE).read_text(encoding="utf-8")).get("circuit")
+        if saved_circuit is not None:
+            # a compiled model continues: its circuit stays frozen in every later stage
+            circuit_report = {"sweep": saved_circuit.get("calibration", {})}
+            circuit = compiled.CircuitConfig(**{k: v for k, v in saved_circuit.items() if k != "calibration"})
+            frozen = compiled.frozen_parts(model)
     for stage in config.stages:
         log(f"stage {stage.name}: {stage.steps} steps, trains {stage.trains}, data {stage.task}")
         train_bank, heldout_bank = banks_for(stage.trains)
@@ -307,8 +319,27 @@ def main() -> None:
             history += toy.ground_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
         elif stage.task == "align":
             history += toy.align_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
+        elif stage.task == "code":
+            compiled.check_arch(model)
+            targets = compiled.code_targets(train_scenes, config.arch.hidden_size, int(patches ** 0.5), circuit)
+            history += compiled.fit_projector(model, train_bank, targets, stage.steps, stage.lr, seed=config.seed, log=log,
+                                              tower_lr_scale=stage.vision_lr_scale if stage.trains.startswith("vision") else 0.0)
+            del targets
+        elif stage.task == "compile":
+            compiled.check_arch(model)
+            compiled.compile_embeddings(model, tokenizer, circuit, seed=config.seed)
+            compiled.compile_attention(model, circuit)
+            # the sink threshold is the one free number: chosen on training scenes
+            rng = random.Random(f"{config.seed}:calibrate")
+            per_task = 20 if args.quick else 200
+            calibration = [train_mix.presence(rng.randrange(len(train_scenes)), rng, i % 2 == 0) for i in range(per_task)]
+            calibration += [train_mix.introduced(rng.randrange(len(train_scenes)), rng, i % 2 == 0, eval_question=True, second=False)
+                            for i in range(per_task)]
+            circuit_report = compiled.calibrate_circuit(model, encoder, calibration, train_bank, circuit, CALIBRATION_GRID, log)
+            history.append({"stage": stage.name, **circuit_report})
+            frozen = compiled.frozen_parts(model)
         else:
-            history += toy.run_stage(model, stage, config, train_mix, train_bank, encoder, log, evaluate)
+            history += toy.run_stage(model, stage, config, train_mix, train_bank, encoder, log, evaluate, frozen=frozen)
     train_seconds = time.perf_counter() - started
     train_bank, heldout_bank = banks_for("language")
 
@@ -322,6 +353,8 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     config_record = {"clip_weights_sha256": file_sha256(args.clip_weights), "generator_version": GENERATOR_VERSION}
+    if circuit_report:
+        config_record["circuit"] = {**circuit.to_dict(), "calibration": circuit_report["sweep"]}
     toy.save_toy_llava(args.out, model, tokenizer_json, config.arch, config_record)
     concept_step = measure_concept_step(args.out)
     log(f"concept training step: {concept_step}")

@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--known", type=int, default=16, help="known identities (task named)")
     parser.add_argument("--width", type=int, default=toy.ToyLlavaArch.hidden_size, help="fresh language model: hidden size (MLP 3x)")
     parser.add_argument("--layers", type=int, default=toy.ToyLlavaArch.num_hidden_layers, help="fresh language model: layers")
+    parser.add_argument("--heads", type=int, default=0, help="fresh language model: attention heads (default: width / 32, at least 4)")
+    parser.add_argument("--rope-theta", type=float, default=toy.ToyLlavaArch.rope_theta, help="fresh language model: RoPE base")
     parser.add_argument("--init-std", type=float, default=toy.ToyLlavaArch.initializer_range, help="fresh language model: initial weight std")
     parser.add_argument("--bare", action="store_true", help="task named: always the eval question with a bare Yes./No. answer")
     parser.add_argument("--no-system", action="store_true", help="train and evaluate without the llava_v1 system text")
@@ -112,7 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     arch = toy.ToyLlavaArch(hidden_size=args.width, intermediate_size=3 * args.width, num_hidden_layers=args.layers,
-                            num_attention_heads=max(4, args.width // 32), initializer_range=args.init_std)
+                            num_attention_heads=args.heads or max(4, args.width // 32), initializer_range=args.init_std,
+                            rope_theta=args.rope_theta)
     model, tokenizer, tokenizer_file = build_model(args.init, arch, args.tower_from)
     exclude = toy.excluded_identities()
     known = toy.known_identities(0, exclude)[: args.known] if "named" in args.task else []

@@ -103,11 +103,12 @@ def test_pixel_bank_gives_the_towers_features(world, tmp_path):
 
 
 def test_pretraining_script_runs_every_stage(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_toy.py"), "--quick", "--stage-set", "instruct.mix=named:0.5/verify:0.5"],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_toy.py"), "--quick", "--stage-set", "instruct.mix=presence:0.5/verify:0.5"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("vision", "compare_color", "ground", "see_all", "language", "instruct"):
+    for stage in ("vision", "code", "compile", "instruct"):
         assert f"stage {stage}:" in done.stdout
+    assert "circuit threshold=0.9,size_weight=0.5,shape_weight=1.0: MATCH accuracy" in done.stdout
     assert "held-out quality" in done.stdout and "wrote" in done.stdout
 
 
@@ -211,6 +212,8 @@ def _saved_tokenizer(folder: Path) -> Path:
 
 
 def test_recipes_name_their_stages():
+    assert [s.name for s in toy.recipe_stages("compiled")] == ["vision", "code", "compile", "instruct"]
+    assert toy.recipe_stages("compiled")[-1].mix == toy.COMPILED_MIX and toy.recipe_arch("compiled").head_dim == 64
     curriculum = [s.name for s in toy.recipe_stages("curriculum")]
     assert curriculum[:4] == ["vision", "compare_color", "ground", "see_color"] and curriculum[-2:] == ["language", "instruct"]
     assert [s for s in toy.recipe_stages("curriculum") if s.name.startswith(("compare_", "see_"))] and all(

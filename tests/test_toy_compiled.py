@@ -1,0 +1,108 @@
+"""The compiled comparison circuit of the toy LLaVA (yollava/toyworld/compiled.py), on a fresh model.
+
+The image codes are fed in directly (the projector is bypassed), so these tests check the circuit's
+logic, not the vision tower's accuracy (which the pretraining report measures).
+"""
+
+from __future__ import annotations
+
+import random
+import pytest
+import torch
+
+from yollava.toyworld import compiled as C
+from yollava.toyworld import llava as toy
+from yollava.toyworld.clip import create_toy_clip
+
+
+@pytest.fixture(scope="module")
+def circuit(tmp_path_factory):
+    """A compiled model, a mix of 60 scenes, their exact image codes as the feature bank, and an encoder."""
+    folder = tmp_path_factory.mktemp("compiled")
+    toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
+    tokenizer = toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE)
+    clip, _, _ = create_toy_clip()
+    model = toy.new_model(toy.recipe_arch("compiled"), tokenizer, clip, seed=0)
+    model.requires_grad_(False)
+    cfg = C.CircuitConfig()
+    C.compile_embeddings(model, tokenizer, cfg)
+    C.compile_attention(model, cfg)
+    exclude = toy.excluded_identities()
+    mix = toy.DataMix([toy.draw_scene(0, "test-compiled", i, 64, exclude) for i in range(60)], exclude)
+    bank = C.code_targets(mix.scenes, model.config.text_config.hidden_size, 8, cfg)
+    model.model.multi_modal_projector.forward = lambda features: features  # the bank holds projector outputs
+    encoder = toy.Encoder(tokenizer, model.config.image_token_id, 64)
+    return model, tokenizer, cfg, mix, bank, encoder
+
+
+def test_the_default_arch_is_refused(tmp_path):
+    clip, _, _ = create_toy_clip()
+    toy.build_tokenizer(toy.required_words()).save(str(tmp_path / toy.TOKENIZER_FILE))
+    model = toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        C.check_arch(model)
+
+
+def test_every_input_row_has_the_same_rms_and_words_carry_their_slots(circuit):
+    model, tokenizer, cfg, _, _, _ = circuit
+    rows = model.model.language_model.embed_tokens.weight[: len(tokenizer)]
+    torch.testing.assert_close(rows.pow(2).mean(1).sqrt(), torch.full((len(tokenizer),), cfg.row_scale), rtol=1e-4, atol=0)
+    red = rows[tokenizer.convert_tokens_to_ids("red")] / cfg.row_scale
+    slots = {C.SLOTS[i] for i in range(len(C.SLOTS)) if red[C.WORD + i] > 0}
+    assert slots == {("color", "red"), ("accessory_color", "red")} and red[C.FLAG] == pytest.approx(cfg.flag)
+    hat, pet = (rows[tokenizer.convert_tokens_to_ids(w)] / cfg.row_scale for w in ("hat", "pet"))
+    assert hat[C.WORD + C.ANY_ACCESSORY] == pytest.approx(-cfg.code) and pet[C.WORD + C.ANY_ACCESSORY] == pytest.approx(cfg.code)
+    the = rows[tokenizer.convert_tokens_to_ids("the")] / cfg.row_scale
+    assert float(the[: C.FREE_START].abs().sum() - the[C.CONST].abs()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_gather_head_writes_the_mean_code_of_the_description(circuit):
+    model, tokenizer, cfg, mix, bank, encoder = circuit
+    sample = mix.presence(0, random.Random(0), True)
+    item = encoder(sample, with_answer=False)
+    batch = toy.collate([item], tokenizer.pad_token_id)
+    hidden = model.model.language_model(inputs_embeds=toy.embed_batch(model, batch, bank), attention_mask=batch.mask,
+                                        output_hidden_states=True).hidden_states[1][0, -1]
+    words = [w for w in tokenizer.convert_ids_to_tokens(item.ids) if C.word_slots(w)]
+    expected = torch.zeros(len(C.SLOTS))
+    for word in words:
+        for slot, sign in C.word_slots(word).items():
+            expected[slot] += sign * cfg.code / len(words)
+    torch.testing.assert_close(hidden[C.WORD : C.WORD + len(C.SLOTS)] / cfg.row_scale, expected, atol=0.02, rtol=0.02)
+
+
+def test_match_finds_described_subjects_and_refuses_one_attribute_lookalikes(circuit):
+    model, _, cfg, mix, bank, encoder = circuit
+    rng = random.Random(1)
+    samples = [mix.presence(i % 60, rng, i % 2 == 0) for i in range(80)]
+    samples += [mix.introduced(i % 60, rng, i % 2 == 0, eval_question=True, second=False) for i in range(80)]
+    values = C.match_values(model, encoder, samples, bank, cfg)
+    correct = [(v > 0.5) == s.label for v, s in zip(values, samples)]
+    assert sum(correct) / len(correct) >= 0.95
+    fine = [ok for ok, s in zip(correct, samples) if s.tag == "fine"]
+    assert len(fine) >= 10 and sum(fine) / len(fine) >= 0.9
+
+
+def test_without_a_description_nothing_matches(circuit):
+    model, _, cfg, mix, bank, encoder = circuit
+    samples = [toy.ToySample("named", "Is <x03> in this photo?", "No.", i, False) for i in range(20)]
+    assert max(C.match_values(model, encoder, samples, bank, cfg)) < 0.05
+
+
+def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
+    model, tokenizer, cfg, mix, bank, encoder = circuit
+    frozen = C.frozen_parts(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stage = toy.StageConfig("instruct", steps=3, lr=1e-2, trains="all", task="mix", warmup=1, mix=toy.COMPILED_MIX)
+    config = toy.PretrainConfig()
+    config.batch_size, config.log_every = 4, 10
+    toy.run_stage(model, stage, config, mix, bank, encoder, lambda line: None, frozen=frozen)
+    for param, mask, value in frozen.parts:
+        assert torch.equal(param.detach()[mask], value[mask])
+    after = dict(model.named_parameters())
+    layer2 = "model.language_model.layers.2.mlp.down_proj.weight"
+    assert not torch.equal(after[layer2], before[layer2])  # the rest learns
+    embed = "model.language_model.embed_tokens.weight"
+    assert torch.equal(after[embed], before[embed])
+    # layer 1's learnt heads may not write into the circuit's dimensions
+    assert float(after["model.language_model.layers.1.self_attn.o_proj.weight"][: C.FREE_START, 128:].abs().sum()) == 0.0

@@ -1,0 +1,431 @@
+"""The toy LLaVA's comparison circuit, written into the weights instead of learnt.
+
+Eight sessions of probes (README "The toy world") showed a 128-wide language model learning every
+lookup-like skill of the toy world quickly and sitting at chance for thousands of steps on the one
+skill personalization needs: comparing a description (or a soft prompt) with the subjects in a
+photo. This module builds that skill by construction, the way RASP-style compiled transformers do,
+in three frozen pieces of an ordinary ``LlavaForConditionalGeneration``:
+
+- **the word code**: each attribute word's input row carries a flag and a one-hot slot per
+  attribute it can be the value of ("red": body colour red and accessory colour red); every row has
+  the same RMS, so RMSNorm keeps these values exact;
+- **the image code**: the projector regresses each patch of the (dense-trained) vision tower onto
+  the one-hot attribute slots of the subject drawn there, an image flag, a subject flag and the
+  background (:func:`image_targets`); by least squares it outputs attribute posteriors;
+- **two layers of attention**: layer 0, head 0 averages the word code of every attribute word in
+  the context into the current position (the description, or the soft prompt's latent tokens once
+  a concept has learnt them); layer 1, head 0 scores every image patch by the share of that
+  description it shows and puts its attention on the best patches, or on ``<s>`` when no patch
+  reaches :attr:`CircuitConfig.threshold` (an attention sink), and writes the attended image flag
+  to the ``match`` dimension; layer 1, head 1 retrieves the attribute code of the subject the
+  description points at ("the red pet"; any subject when there is none) for attribute questions.
+
+Everything else (which dimension answers "Yes", captions, conversation answers, text questions)
+is learnt by the ``instruct`` stage on the task mix while these pieces stay bit-identical
+(:class:`Frozen`). A trained soft prompt talks to the circuit like any description does: its
+latent tokens must become flagged attribute codes, which is a smooth target for gradient descent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import LlavaForConditionalGeneration
+
+from yollava.toyworld.world import ATTRIBUTES, BACKGROUNDS, Scene
+
+# (attribute, value) slots of the code; "none" (no accessory) has no slot of its own. The last slot,
+# ("accessory", "any"), is an image's "has an accessory"; in words, a family word puts +1 there and
+# an accessory word -1, and the match head weighs it negatively: a description that names no
+# accessory ("a red striped round pet") then refuses a patch whose subject carries one, while one
+# that names an accessory is indifferent to it (+1 - 1).
+SLOTS: tuple[tuple[str, str], ...] = (*((a, v) for a, values in ATTRIBUTES.items() for v in values if v != "none"), ("accessory", "any"))
+ANY_ACCESSORY = len(SLOTS) - 1
+# dimensions of the residual stream (the language model's hidden size must be >= FREE_START)
+WORD = 0  # word code: SLOTS
+IMAGE_CODE = len(SLOTS)  # image code: SLOTS
+BACKGROUND = 2 * len(SLOTS)  # background one-hot: BACKGROUNDS
+CONST = BACKGROUND + len(BACKGROUNDS)
+FLAG = CONST + 1  # attribute word
+IMAGE = CONST + 2  # image token
+SUBJECT = CONST + 3  # image token over a subject
+SINK = CONST + 4  # <s>
+MATCH = CONST + 5  # written by the match head
+FREE_START = CONST + 6
+
+
+@dataclass
+class CircuitConfig:
+    """Magnitudes of the circuit, in units of the RMS-normalised residual stream (mean square 1)."""
+
+    code: float = 3.0  # a word's value in each of its slots (and <s>'s sink entry)
+    flag: float = 3.0  # an attribute word's flag
+    # an image token's value per slot and its flags: small, so that what layer 0 adds to image
+    # tokens (the smoothed code, the sharpened slots) moves their RMS by ~10 % only
+    image_code: float = 1.0
+    image_flag: float = 1.0
+    free: float = 0.5  # std of the free (learnt) dimensions of other tokens' rows
+    row_scale: float = 0.02  # input rows are the normalised vectors times this (the usual init scale)
+    gather_logit: float = 12.0  # attention logit of an attribute word in the gather head (others: 0)
+    match_sharpness: float = 100.0  # logit per unit of matched description share
+    threshold: float = 0.9  # matched share at which a patch outweighs <s>
+    # weight of each attribute's slots in the matched share (size and shape are the ones the tower
+    # reads worst; a lower weight trades coarse negatives for positives; calibrated on training scenes)
+    size_weight: float = 1.0
+    shape_weight: float = 1.0
+    image_margin: float = 30.0  # logit every image token gets over text tokens in layer 1
+    retrieve_sharpness: float = 20.0
+    retrieve_subject: float = 1.0  # bonus share of subject patches (picks "this subject" with no description)
+    match_gain: float = 1.0  # residual (row-scale units) written to MATCH per unit attention on matching patches
+    rope_static_from: int = 12  # RoPE frequency index from which a pair is taken as non-rotating
+    smooth_sharpness: float = 30.0  # layer-0 logit between two patches with the same seven slots
+    smooth_sink: float = 0.5  # <s> logit in units of smooth_sharpness
+    # layer 0's MLP replaces each image slot by gain * clip((p - low) / (high - low), 0, 1) (p: smoothed posterior)
+    sharpen_low: float = 0.3
+    sharpen_high: float = 0.55
+    sharpen_gain: float = 1.0
+    sharpen_slope: float = 20.0  # gate slope of the ramp units (silu approaches relu)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_arch(model: LlavaForConditionalGeneration) -> None:
+    """Refuse a model the circuit does not fit (hidden size, head size, RoPE base)."""
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if text.hidden_size < FREE_START + 16:
+        raise ValueError(f"compiled circuit: hidden size {text.hidden_size} < {FREE_START + 16}")
+    if head_dim < 64 or text.num_attention_heads < 3 or text.num_hidden_layers < 3:
+        raise ValueError("compiled circuit: needs head_dim >= 64, >= 3 heads and >= 3 layers")
+
+
+def static_dims(head_dim: int, start: int) -> list[int]:
+    """Head dimensions whose RoPE frequency index is >= ``start`` (they barely rotate with a large base)."""
+    half = head_dim // 2
+    return [j for j in range(head_dim) if j % half >= start]
+
+
+def word_slots(word: str) -> dict[int, float]:
+    """Slots a word fills (+1 per attribute it can be the value of) and its sign on ANY_ACCESSORY."""
+    out = {i: 1.0 for i, (_, value) in enumerate(SLOTS[:ANY_ACCESSORY]) if value == word}
+    if word in ATTRIBUTES["family"]:
+        out[ANY_ACCESSORY] = 1.0
+    elif word in ATTRIBUTES["accessory"]:
+        out[ANY_ACCESSORY] = -1.0
+    return out
+
+
+def _row(hidden: int, entries: dict[int, float], scale: float, free: torch.Tensor | None = None) -> torch.Tensor:
+    """A normalised row (mean square 1) with ``entries``, optional free part, the rest filled by CONST, times ``scale``."""
+    x = torch.zeros(hidden)
+    for dim, value in entries.items():
+        x[dim] = value
+    if free is not None:
+        x[FREE_START:] = free
+    rest = hidden - float(x.pow(2).sum())
+    if rest <= 1.0:
+        raise ValueError("compiled circuit: row entries exceed the row's norm; lower CircuitConfig magnitudes")
+    x[CONST] = math.sqrt(rest)
+    return x * scale
+
+
+def compile_embeddings(model: LlavaForConditionalGeneration, tokenizer: Any, cfg: CircuitConfig, seed: int = 0) -> None:
+    """Rewrite every input row: attribute words get flag + code, ``<s>`` the sink, others a random free part.
+
+    All rows have the same RMS (the CONST entry absorbs the difference), so layer 0 sees exactly
+    the configured values.
+    """
+    embed = model.model.language_model.embed_tokens.weight
+    hidden = embed.shape[1]
+    words = {v for _, v in SLOTS[:ANY_ACCESSORY]}
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for token_id in range(embed.shape[0]):
+            token = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
+            if token in words:
+                entries = {FLAG: cfg.flag, **{WORD + s: sign * cfg.code for s, sign in word_slots(token).items()}}
+                embed[token_id] = _row(hidden, entries, cfg.row_scale)
+            elif token == tokenizer.bos_token:
+                embed[token_id] = _row(hidden, {SINK: cfg.code}, cfg.row_scale)
+            else:
+                free = cfg.free * torch.randn(hidden - FREE_START, generator=generator)
+                embed[token_id] = _row(hidden, {}, cfg.row_scale, free)
+
+
+def image_targets(labels: torch.Tensor, backgrounds: Sequence[str], hidden: int, cfg: CircuitConfig) -> torch.Tensor:
+    """Projector targets per scene and patch from :func:`~yollava.toyworld.llava.patch_labels`.
+
+    Args:
+        labels: (scenes, patches, len(ATTRIBUTES) + 1) value indices (-100: none) and role.
+        backgrounds: each scene's background.
+        hidden: the language model's hidden size.
+    """
+    n, patches, _ = labels.shape
+    x = torch.zeros(n, patches, hidden)
+    x[..., IMAGE] = cfg.image_flag
+    on = labels[..., -1] > 0
+    x[..., SUBJECT] = cfg.image_flag * on.float()
+    offset = 0
+    for j, (attribute, values) in enumerate(ATTRIBUTES.items()):
+        real = [v for v in values if v != "none"]
+        for k, value in enumerate(values):
+            if value == "none":
+                continue
+            x[..., IMAGE_CODE + offset + real.index(value)] = cfg.image_code * (on & (labels[..., j] == k)).float()
+        offset += len(real)
+    accessory = list(ATTRIBUTES).index("accessory")
+    x[..., IMAGE_CODE + ANY_ACCESSORY] = cfg.image_code * (on & (labels[..., accessory] > 0)).float()
+    index = torch.tensor([BACKGROUNDS.index(b) for b in backgrounds])
+    x[..., BACKGROUND:BACKGROUND + len(BACKGROUNDS)] = cfg.image_code * (~on).unsqueeze(-1).float() * F.one_hot(index, len(BACKGROUNDS)).unsqueeze(1).float()
+    x[..., CONST] = (hidden - x.pow(2).sum(-1)).clamp(min=1.0).sqrt()
+    return x * cfg.row_scale
+
+
+def fit_projector(model: LlavaForConditionalGeneration, bank: Any, targets: torch.Tensor, steps: int, lr: float,
+                  batch: int = 64, seed: int = 0, log: Callable[[str], None] = print, tower_lr_scale: float = 0.0) -> list[dict[str, float]]:
+    """Least-squares fit of the projector onto ``targets`` (language model untouched).
+
+    ``bank``: precomputed tower features, or a :class:`~yollava.toyworld.llava.PixelBank` with
+    ``tower_lr_scale`` > 0 to fine-tune the vision tower end to end on the same targets.
+
+    The fit gives each slot about its posterior; layer 0's MLP sharpens them (:func:`compile_layers`).
+    """
+    projector = model.model.multi_modal_projector
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(projector.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": params, "scale": 1.0}]
+    if tower_lr_scale:
+        tower = list(model.model.vision_tower.parameters())
+        for p in tower:
+            p.requires_grad_(True)
+        groups.append({"params": tower, "scale": tower_lr_scale})
+        params = params + tower
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    scale = targets[..., :FREE_START].pow(2).mean()
+    history, losses = [], []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = group["scale"] * lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        index = torch.randint(len(bank), (batch,), generator=generator)
+        loss = F.mse_loss(projector(bank[index].float()), targets[index]) / scale
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 200 == 0 or step == steps - 1:
+            history.append({"stage": "code_projector", "step": step + 1, "relative_mse": round(sum(losses) / len(losses), 5)})
+            losses = []
+            log(str(history[-1]))
+    for p in params:
+        p.requires_grad_(False)
+    return history
+
+
+def _image_const(hidden: int, cfg: CircuitConfig) -> float:
+    """CONST of a typical subject patch's target (image and subject flags, seven code slots)."""
+    return math.sqrt(hidden - 2 * cfg.image_flag ** 2 - 7 * cfg.image_code ** 2)
+
+
+def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) -> None:
+    """Write layer 0 (gather head only: its other heads and MLP are zeroed) and heads 0-1 of layer 1."""
+    text = model.config.text_config
+    hidden = text.hidden_size
+    head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
+    scale = math.sqrt(head_dim)
+    static = static_dims(head_dim, cfg.rope_static_from)
+    layers = model.model.language_model.layers
+    const = math.sqrt(hidden - cfg.free ** 2 * (hidden - FREE_START))  # CONST of a typical non-word token (query side)
+    n = len(SLOTS)
+    with torch.no_grad():
+        l0 = layers[0]
+        for proj in (l0.self_attn.q_proj, l0.self_attn.k_proj, l0.self_attn.v_proj, l0.self_attn.o_proj,
+                     l0.mlp.gate_proj, l0.mlp.up_proj, l0.mlp.down_proj):
+            proj.weight.zero_()
+        l0.input_layernorm.weight.fill_(1.0)
+        l0.post_attention_layernorm.weight.fill_(1.0)
+        # smooth: layer 0, head 1 averages each image token's code over the earlier patches that
+        # share most of it (its own subject), or attends to <s> (value 0) when nothing does; the
+        # average lands in the WORD dimensions, which image tokens do not otherwise use
+        attn0 = l0.self_attn
+        base = head_dim
+        for s in range(n):
+            attn0.q_proj.weight[base + static[s], IMAGE_CODE + s] = cfg.smooth_sharpness * scale / (7 * cfg.image_code ** 2)
+            attn0.k_proj.weight[base + static[s], IMAGE_CODE + s] = 1.0
+            attn0.v_proj.weight[base + s, IMAGE_CODE + s] = 1.0
+            attn0.o_proj.weight[WORD + s, base + s] = cfg.row_scale
+        ref = _image_const(hidden, cfg)
+        attn0.q_proj.weight[base + static[n], CONST] = cfg.smooth_sink * cfg.smooth_sharpness * scale / ref
+        attn0.k_proj.weight[base + static[n], SINK] = 1.0 / cfg.code
+        # sharpen: layer 0's MLP replaces, per slot, the image code by gain * code * clip((avg - low) /
+        # (high - low), 0, 1) (two ramp units: silu ~ relu at this slope), on image tokens only
+        mlp = l0.mlp
+        if mlp.gate_proj.weight.shape[0] < 3 * n:
+            raise ValueError(f"compiled circuit: layer 0 MLP has {mlp.gate_proj.weight.shape[0]} units, needs {3 * n}")
+        k = cfg.sharpen_slope / cfg.image_code
+        span = (cfg.sharpen_high - cfg.sharpen_low) * cfg.image_code
+        for s in range(n):
+            for unit, threshold, sign in ((3 * s, cfg.sharpen_low, 1.0), (3 * s + 1, cfg.sharpen_high, -1.0)):
+                mlp.gate_proj.weight[unit, WORD + s] = k
+                # off on text tokens: IMAGE/flag - CONST/ref is 0 on a subject patch, about -1 elsewhere
+                mlp.gate_proj.weight[unit, IMAGE] = k * 4 * cfg.image_code / cfg.image_flag
+                mlp.gate_proj.weight[unit, CONST] = -k * (threshold + 4) * cfg.image_code / ref
+                mlp.up_proj.weight[unit, CONST] = 1.0 / ref
+                mlp.down_proj.weight[IMAGE_CODE + s, unit] = sign * cfg.sharpen_gain * cfg.image_code / (k * span) * cfg.row_scale
+            # and one linear unit (silu of a large constant) that removes the patch's own soft value
+            # (exact while the token's RMS is the row scale; the smoothed code moves it ~2 %)
+            linear = 3 * s + 2
+            mlp.gate_proj.weight[linear, CONST] = cfg.sharpen_slope / ref
+            mlp.up_proj.weight[linear, IMAGE_CODE + s] = 1.0
+            mlp.down_proj.weight[IMAGE_CODE + s, linear] = -cfg.row_scale / cfg.sharpen_slope
+        # gather: q = const, k = flag; logit gather_logit on attribute words, 0 elsewhere
+        j = static[-1]
+        l0.self_attn.q_proj.weight[j, CONST] = 1.0 / const
+        l0.self_attn.k_proj.weight[j, FLAG] = cfg.gather_logit * scale / cfg.flag
+        # value: the word code; written back into WORD at row scale (a mean of codes)
+        for s in range(n):
+            l0.self_attn.v_proj.weight[s, WORD + s] = 1.0
+            l0.self_attn.o_proj.weight[WORD + s, s] = cfg.row_scale
+
+        l1 = layers[1]
+        attn = l1.self_attn
+        l1.input_layernorm.weight.fill_(1.0)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight[: 2 * head_dim] = 0.0
+        attn.o_proj.weight[:, : 2 * head_dim] = 0.0
+        # layer 1's learnt heads and MLP write only free dimensions: MATCH and the retrieved code stay clean
+        attn.o_proj.weight[:FREE_START] = 0.0
+        l1.mlp.down_proj.weight[:FREE_START] = 0.0
+        if len(static) < n + 2:
+            raise ValueError(f"compiled circuit: {len(static)} static RoPE dims per head, need {n + 2}")
+        for head, sharp in ((0, cfg.match_sharpness), (1, cfg.retrieve_sharpness)):
+            base = head * head_dim
+            # matched share: sum_s d_s p_s, with d the mean word code (code per slot, averaged) and
+            # p the patch's sharpened code (gain * image_code per slot): a full match gives 1 (each
+            # word matches one slot); ANY_ACCESSORY counts negatively (see SLOTS). The retrieve head
+            # leaves that slot out (its dimension goes to the subject bonus).
+            slots = range(n) if head == 0 else range(ANY_ACCESSORY)
+            for i, s in enumerate(slots):
+                sign = -1.0 if s == ANY_ACCESSORY else {"size": cfg.size_weight, "shape": cfg.shape_weight}.get(SLOTS[s][0], 1.0)
+                attn.q_proj.weight[base + static[i], WORD + s] = sign * sharp * scale / (cfg.code * cfg.image_code * cfg.sharpen_gain)
+                attn.k_proj.weight[base + static[i], IMAGE_CODE + s] = 1.0
+            image_dim, sink_dim = static[len(slots)], static[len(slots) + 1]
+            # image tokens: + margin; <s>: margin + threshold (match) or margin - 1 (retrieve)
+            attn.q_proj.weight[base + image_dim, CONST] = cfg.image_margin * scale / const
+            attn.k_proj.weight[base + image_dim, IMAGE] = 1.0 / cfg.image_flag
+            sink = cfg.image_margin + (cfg.threshold * sharp if head == 0 else -1.0)
+            attn.q_proj.weight[base + sink_dim, CONST] = sink * scale / const
+            attn.k_proj.weight[base + sink_dim, SINK] = 1.0 / cfg.code
+            if head == 1:
+                attn.q_proj.weight[base + static[len(slots) + 2], CONST] = cfg.retrieve_subject * sharp * scale / const
+                attn.k_proj.weight[base + static[len(slots) + 2], SUBJECT] = 1.0 / cfg.image_flag
+        # match value: the image flag -> MATCH; retrieve value: the image code -> IMAGE_CODE at the query
+        attn.v_proj.weight[0, IMAGE] = 1.0 / cfg.image_flag
+        attn.o_proj.weight[MATCH, 0] = cfg.match_gain * cfg.row_scale
+        for s in range(n):
+            attn.v_proj.weight[head_dim + s, IMAGE_CODE + s] = 1.0
+            attn.o_proj.weight[IMAGE_CODE + s, head_dim + s] = cfg.row_scale
+
+
+class Frozen:
+    """Parts of parameters that training must leave bit-identical: restored after every optimizer step.
+
+    (A gradient mask is not enough: AdamW's decoupled weight decay would still shrink them.)
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, param: torch.nn.Parameter, mask: torch.Tensor | None = None) -> None:
+        mask = torch.ones_like(param, dtype=torch.bool) if mask is None else mask
+        self.parts.append((param, mask, param.detach().clone()))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, mask, value in self.parts:
+                param.data[mask] = value[mask]
+
+
+def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
+    """The compiled pieces: input rows, projector, tower, layer 0, layer 1's norm, heads 0-1 and its writes to reserved dimensions."""
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    frozen = Frozen()
+    lm = model.model.language_model
+    frozen.add(lm.embed_tokens.weight)
+    for p in [*model.model.multi_modal_projector.parameters(), *model.model.vision_tower.parameters(), *lm.layers[0].parameters()]:
+        frozen.add(p)
+    l1 = lm.layers[1]
+    frozen.add(l1.input_layernorm.weight)
+    for proj in (l1.self_attn.q_proj, l1.self_attn.k_proj, l1.self_attn.v_proj):
+        mask = torch.zeros_like(proj.weight, dtype=torch.bool)
+        mask[: 2 * head_dim] = True
+        frozen.add(proj.weight, mask)
+    mask = torch.zeros_like(l1.self_attn.o_proj.weight, dtype=torch.bool)
+    mask[:, : 2 * head_dim] = True
+    mask[:FREE_START] = True
+    frozen.add(l1.self_attn.o_proj.weight, mask)
+    mask = torch.zeros_like(l1.mlp.down_proj.weight, dtype=torch.bool)
+    mask[:FREE_START] = True
+    frozen.add(l1.mlp.down_proj.weight, mask)
+    return frozen
+
+
+def code_targets(scenes: Sequence[Scene], hidden: int, grid: int, cfg: CircuitConfig) -> torch.Tensor:
+    """:func:`image_targets` of ``scenes`` (their patch labels on a ``grid`` x ``grid`` raster)."""
+    from yollava.toyworld.llava import patch_labels
+
+    labels = torch.stack([torch.from_numpy(patch_labels(s, grid)) for s in scenes])
+    return image_targets(labels, [s.background for s in scenes], hidden, cfg)
+
+
+@torch.no_grad()
+def match_values(model: LlavaForConditionalGeneration, encoder: Any, samples: Sequence[Any], bank: torch.Tensor,
+                 cfg: CircuitConfig, batch_size: int = 50) -> list[float]:
+    """The MATCH dimension after layer 1 at each prompt's last position (about 1: a patch matches)."""
+    from yollava.toyworld.llava import _hidden
+
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.model.language_model.layers[1].register_forward_hook(
+        lambda module, args, output: seen.__setitem__("h", output[0] if isinstance(output, tuple) else output))
+    out: list[float] = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            items = [encoder(s, with_answer=False) for s in samples[start : start + batch_size]]
+            _hidden(model, encoder, items, bank, None)
+            last = torch.tensor([len(e.ids) - 1 for e in items])
+            out.extend((seen["h"][torch.arange(len(items)), last, MATCH] / cfg.row_scale).tolist())
+    finally:
+        handle.remove()
+    return out
+
+
+def calibrate_circuit(model: LlavaForConditionalGeneration, encoder: Any, samples: Sequence[Any], bank: torch.Tensor,
+                        cfg: CircuitConfig, grid: dict[str, Sequence[float]], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pick the circuit's free numbers (``grid``: CircuitConfig field -> candidates, e.g. threshold,
+    size_weight) by yes/no accuracy of MATCH > 0.5 on ``samples`` (training scenes), recompile with
+    the best, and return the sweep. Ties go to the first candidate of each field."""
+    import itertools
+
+    sweep = {}
+    for values in itertools.product(*grid.values()):
+        for name, value in zip(grid, values):
+            setattr(cfg, name, value)
+        compile_attention(model, cfg)
+        scores = match_values(model, encoder, samples, bank, cfg)
+        key = ",".join(f"{name}={value}" for name, value in zip(grid, values))
+        sweep[key] = (values, sum((v > 0.5) == s.label for v, s in zip(scores, samples)) / len(samples))
+        log(f"circuit {key}: MATCH accuracy {sweep[key][1]:.3f} on {len(samples)} training questions")
+    best = max(sweep.values(), key=lambda item: item[1])[0]
+    for name, value in zip(grid, best):
+        setattr(cfg, name, value)
+    compile_attention(model, cfg)
+    return {**dict(zip(grid, best)), "sweep": {key: round(score, 4) for key, (_, score) in sweep.items()}}
