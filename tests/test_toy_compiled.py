@@ -105,4 +105,19 @@ def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
     embed = "model.language_model.embed_tokens.weight"
     assert torch.equal(after[embed], before[embed])
     # layer 1's learnt heads may not write into the circuit's dimensions
-    assert float(after["model.language_model.layers.1.self_attn.o_proj.weight"][: C.FREE_START, 128:].abs().sum()) == 0.0
+    assert float(after["model.language_model.layers.1.self_attn.o_proj.weight"][: C.FREE_START, C.COMPILED_HEADS * 64 :].abs().sum()) == 0.0
+
+
+def test_a_soft_prompt_far_from_any_subject_gets_its_gradient_from_the_soft_match(circuit):
+    model, tokenizer, cfg, mix, bank, encoder = circuit
+    item = encoder(toy.ToySample("introduced", "<x01> is <x02> <x03> <x04> . Is <x01> in this photo?", "Yes.", 0, True), with_answer=False)
+    batch = toy.collate([item], tokenizer.pad_token_id)
+    embeds = toy.embed_batch(model, batch, bank).detach()
+    rows = model.model.language_model.embed_tokens.weight[: len(tokenizer)]
+    latents = rows.mean(0).repeat(3, 1).requires_grad_(True)  # yollava's init=mean
+    where = [item.ids.index(tokenizer.convert_tokens_to_ids(f"<x0{i}>")) for i in (2, 3, 4)]
+    embeds = embeds.index_put((torch.zeros(3, dtype=torch.long), torch.tensor(where)), latents)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask, output_hidden_states=True).hidden_states[2][0, -1]
+    sharp = torch.autograd.grad(hidden[C.MATCH], latents, retain_graph=True)[0].norm()
+    soft = torch.autograd.grad(hidden[C.SOFT_MATCH], latents)[0].norm()
+    assert float(sharp) < 1e-6 < float(soft)

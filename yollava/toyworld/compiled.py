@@ -55,7 +55,9 @@ IMAGE = CONST + 2  # image token
 SUBJECT = CONST + 3  # image token over a subject
 SINK = CONST + 4  # <s>
 MATCH = CONST + 5  # written by the match head
-FREE_START = CONST + 6
+SOFT_MATCH = CONST + 6  # written by the soft match head
+FREE_START = CONST + 7
+COMPILED_HEADS = 3  # heads 0-2 of layer 1 are compiled (match, retrieve, soft match)
 
 
 @dataclass
@@ -81,6 +83,11 @@ class CircuitConfig:
     retrieve_sharpness: float = 20.0
     retrieve_subject: float = 1.0  # bonus share of subject patches (picks "this subject" with no description)
     match_gain: float = 1.0  # residual (row-scale units) written to MATCH per unit attention on matching patches
+    # a second, gentle match head (layer 1, head 2): its patches get attention long before they
+    # reach the threshold, so a soft prompt that starts far from any subject still has a gradient
+    # (the sharp head's sink takes all of it until a patch comes within ~5 % of the threshold)
+    soft_sharpness: float = 10.0
+    soft_threshold: float = 0.5
     rope_static_from: int = 12  # RoPE frequency index from which a pair is taken as non-rotating
     smooth_sharpness: float = 30.0  # layer-0 logit between two patches with the same seven slots
     smooth_sink: float = 0.5  # <s> logit in units of smooth_sharpness
@@ -100,8 +107,8 @@ def check_arch(model: LlavaForConditionalGeneration) -> None:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if text.hidden_size < FREE_START + 16:
         raise ValueError(f"compiled circuit: hidden size {text.hidden_size} < {FREE_START + 16}")
-    if head_dim < 64 or text.num_attention_heads < 3 or text.num_hidden_layers < 3:
-        raise ValueError("compiled circuit: needs head_dim >= 64, >= 3 heads and >= 3 layers")
+    if head_dim < 64 or text.num_attention_heads < COMPILED_HEADS + 1 or text.num_hidden_layers < 3:
+        raise ValueError(f"compiled circuit: needs head_dim >= 64, >= {COMPILED_HEADS + 1} heads and >= 3 layers")
 
 
 def static_dims(head_dim: int, start: int) -> list[int]:
@@ -299,20 +306,21 @@ def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) 
         attn = l1.self_attn
         l1.input_layernorm.weight.fill_(1.0)
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-            proj.weight[: 2 * head_dim] = 0.0
-        attn.o_proj.weight[:, : 2 * head_dim] = 0.0
+            proj.weight[: COMPILED_HEADS * head_dim] = 0.0
+        attn.o_proj.weight[:, : COMPILED_HEADS * head_dim] = 0.0
         # layer 1's learnt heads and MLP write only free dimensions: MATCH and the retrieved code stay clean
         attn.o_proj.weight[:FREE_START] = 0.0
         l1.mlp.down_proj.weight[:FREE_START] = 0.0
         if len(static) < n + 2:
             raise ValueError(f"compiled circuit: {len(static)} static RoPE dims per head, need {n + 2}")
-        for head, sharp in ((0, cfg.match_sharpness), (1, cfg.retrieve_sharpness)):
+        heads = ((0, cfg.match_sharpness, cfg.threshold), (1, cfg.retrieve_sharpness, None), (2, cfg.soft_sharpness, cfg.soft_threshold))
+        for head, sharp, threshold in heads:
             base = head * head_dim
             # matched share: sum_s d_s p_s, with d the mean word code (code per slot, averaged) and
             # p the patch's sharpened code (gain * image_code per slot): a full match gives 1 (each
             # word matches one slot); ANY_ACCESSORY counts negatively (see SLOTS). The retrieve head
             # leaves that slot out (its dimension goes to the subject bonus).
-            slots = range(n) if head == 0 else range(ANY_ACCESSORY)
+            slots = range(ANY_ACCESSORY) if head == 1 else range(n)
             for i, s in enumerate(slots):
                 sign = -1.0 if s == ANY_ACCESSORY else {"size": cfg.size_weight, "shape": cfg.shape_weight}.get(SLOTS[s][0], 1.0)
                 attn.q_proj.weight[base + static[i], WORD + s] = sign * sharp * scale / (cfg.code * cfg.image_code * cfg.sharpen_gain)
@@ -321,7 +329,7 @@ def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) 
             # image tokens: + margin; <s>: margin + threshold (match) or margin - 1 (retrieve)
             attn.q_proj.weight[base + image_dim, CONST] = cfg.image_margin * scale / const
             attn.k_proj.weight[base + image_dim, IMAGE] = 1.0 / cfg.image_flag
-            sink = cfg.image_margin + (cfg.threshold * sharp if head == 0 else -1.0)
+            sink = cfg.image_margin + (-1.0 if threshold is None else threshold * sharp)
             attn.q_proj.weight[base + sink_dim, CONST] = sink * scale / const
             attn.k_proj.weight[base + sink_dim, SINK] = 1.0 / cfg.code
             if head == 1:
@@ -330,6 +338,8 @@ def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) 
         # match value: the image flag -> MATCH; retrieve value: the image code -> IMAGE_CODE at the query
         attn.v_proj.weight[0, IMAGE] = 1.0 / cfg.image_flag
         attn.o_proj.weight[MATCH, 0] = cfg.match_gain * cfg.row_scale
+        attn.v_proj.weight[2 * head_dim, IMAGE] = 1.0 / cfg.image_flag
+        attn.o_proj.weight[SOFT_MATCH, 2 * head_dim] = cfg.match_gain * cfg.row_scale
         for s in range(n):
             attn.v_proj.weight[head_dim + s, IMAGE_CODE + s] = 1.0
             attn.o_proj.weight[IMAGE_CODE + s, head_dim + s] = cfg.row_scale
@@ -367,10 +377,10 @@ def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
     frozen.add(l1.input_layernorm.weight)
     for proj in (l1.self_attn.q_proj, l1.self_attn.k_proj, l1.self_attn.v_proj):
         mask = torch.zeros_like(proj.weight, dtype=torch.bool)
-        mask[: 2 * head_dim] = True
+        mask[: COMPILED_HEADS * head_dim] = True
         frozen.add(proj.weight, mask)
     mask = torch.zeros_like(l1.self_attn.o_proj.weight, dtype=torch.bool)
-    mask[:, : 2 * head_dim] = True
+    mask[:, : COMPILED_HEADS * head_dim] = True
     mask[:FREE_START] = True
     frozen.add(l1.self_attn.o_proj.weight, mask)
     mask = torch.zeros_like(l1.mlp.down_proj.weight, dtype=torch.bool)
