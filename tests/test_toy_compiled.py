@@ -41,6 +41,9 @@ def test_the_default_arch_is_refused(tmp_path):
     model = toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
     with pytest.raises(ValueError, match="head_dim"):
         C.check_arch(model)
+    rotating = toy.new_model(toy.ToyLlavaArch(head_dim=64), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    with pytest.raises(ValueError, match="RoPE base"):
+        C.check_arch(rotating)
 
 
 def test_every_input_row_has_the_same_rms_and_words_carry_their_slots(circuit):

@@ -12,13 +12,15 @@ in three frozen pieces of an ordinary ``LlavaForConditionalGeneration``:
 - **the image code**: the projector regresses each patch of the (dense-trained) vision tower onto
   the one-hot attribute slots of the subject drawn there, an image flag, a subject flag and the
   background (:func:`image_targets`); by least squares it outputs attribute posteriors;
-- **two layers of attention**: layer 0, head 0 averages the word code of every attribute word in
-  the context into the current position (the description, or the soft prompt's latent tokens once
-  a concept has learnt them); layer 1, head 0 scores every image patch by the share of that
+- **two layers**: layer 0, head 0 averages the word code of every attribute word in the context
+  into the current position (the description, or the soft prompt's latent tokens once a concept
+  has learnt them); layer 0, head 1 and its MLP smooth each patch's code over its subject's
+  patches and sharpen it; layer 1, head 0 scores every image patch by the share of the
   description it shows and puts its attention on the best patches, or on ``<s>`` when no patch
   reaches :attr:`CircuitConfig.threshold` (an attention sink), and writes the attended image flag
-  to the ``match`` dimension; layer 1, head 1 retrieves the attribute code of the subject the
-  description points at ("the red pet"; any subject when there is none) for attribute questions.
+  to the ``match`` dimension; head 1 retrieves the attribute code of the subject the description
+  points at ("the red pet"; any subject when there is none) for attribute questions; head 2 is a
+  gentle match (``soft_match``) that gives a soft prompt far from every subject a gradient.
 
 Everything else (which dimension answers "Yes", captions, conversation answers, text questions)
 is learnt by the ``instruct`` stage on the task mix while these pieces stay bit-identical
@@ -109,6 +111,10 @@ def check_arch(model: LlavaForConditionalGeneration) -> None:
         raise ValueError(f"compiled circuit: hidden size {text.hidden_size} < {FREE_START + 16}")
     if head_dim < 64 or text.num_attention_heads < COMPILED_HEADS + 1 or text.num_hidden_layers < 3:
         raise ValueError(f"compiled circuit: needs head_dim >= 64, >= {COMPILED_HEADS + 1} heads and >= 3 layers")
+    rope = getattr(text, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(text, "rope_theta", None))
+    if theta is None or theta < 1e8:
+        raise ValueError(f"compiled circuit: RoPE base {theta} rotates the matching dimensions; use >= 1e8 (toy.recipe_arch('compiled'))")
 
 
 def static_dims(head_dim: int, start: int) -> list[int]:
