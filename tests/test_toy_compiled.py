@@ -100,9 +100,12 @@ def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
     config = toy.PretrainConfig()
     config.batch_size, config.log_every = 4, 10
     toy.run_stage(model, stage, config, mix, bank, encoder, lambda line: None, frozen=frozen)
-    for param, mask, value in frozen.parts:
-        assert torch.equal(param.detach()[mask], value[mask])
     after = dict(model.named_parameters())
+    names = {id(p): name for name, p in after.items()}
+    for param in frozen.whole:
+        assert torch.equal(param.detach(), before[names[id(param)]])
+    for param, mask, _ in frozen.parts:
+        assert torch.equal(param.detach()[mask], before[names[id(param)]][mask])
     layer2 = "model.language_model.layers.2.mlp.down_proj.weight"
     assert not torch.equal(after[layer2], before[layer2])  # the rest learns
     embed = "model.language_model.embed_tokens.weight"

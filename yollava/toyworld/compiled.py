@@ -352,22 +352,34 @@ def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) 
 
 
 class Frozen:
-    """Parts of parameters that training must leave bit-identical: restored after every optimizer step.
+    """Parameters, or parts of them, that training must leave bit-identical.
 
-    (A gradient mask is not enough: AdamW's decoupled weight decay would still shrink them.)
+    Whole parameters are taken out of training (:meth:`exclude`: no gradient, no optimizer state);
+    partly frozen ones are restored after every optimizer step (a gradient mask is not enough:
+    AdamW's decoupled weight decay would still shrink them).
     """
 
     def __init__(self) -> None:
+        self.whole: list[torch.nn.Parameter] = []
         self.parts: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
 
     def add(self, param: torch.nn.Parameter, mask: torch.Tensor | None = None) -> None:
-        mask = torch.ones_like(param, dtype=torch.bool) if mask is None else mask
-        self.parts.append((param, mask, param.detach().clone()))
+        if mask is None:
+            self.whole.append(param)
+        else:
+            self.parts.append((param, mask, param.detach()[mask].clone()))
+
+    def exclude(self, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+        """``params`` without the wholly frozen ones, which stop requiring gradients."""
+        for param in self.whole:
+            param.requires_grad_(False)
+        ids = {id(p) for p in self.whole}
+        return [p for p in params if id(p) not in ids]
 
     def restore(self) -> None:
         with torch.no_grad():
             for param, mask, value in self.parts:
-                param.data[mask] = value[mask]
+                param.data[mask] = value
 
 
 def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:

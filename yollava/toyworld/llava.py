@@ -1252,11 +1252,13 @@ def run_stage(
     """Train one stage (AdamW, warm-up + cosine, batch ``config.batch_size``); returns its log records.
 
     Deterministic for a fixed thread count: batches come from ``random.Random`` seeded by the
-    stage, noise from a seeded torch generator. ``frozen`` (a :class:`~yollava.toyworld.compiled.Frozen`)
-    is restored after every optimizer step.
+    stage, noise from a seeded torch generator. ``frozen`` (a :class:`~yollava.toyworld.compiled.Frozen`):
+    its whole parameters do not train, its partly frozen ones are restored after every optimizer step.
     """
     params = _trainable(model, stage.trains)
     vision = _vision_params(model, stage.trains)
+    if frozen is not None:
+        params, vision = frozen.exclude(params), frozen.exclude(vision)
     if not stage.system:
         encoder = Encoder(encoder.tokenizer, encoder.image_token_id, encoder.num_image_tokens, system=False)
     groups = [
