@@ -100,6 +100,15 @@ def test_early_stop(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
     assert len(result.history) == 3
 
 
+def test_a_perfect_epoch_ends_training_with_the_same_concept(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
+    """Only a strictly better epoch replaces the best, so after a perfect one the rest is wasted time."""
+    script_scores(monkeypatch, [0.6, 1.0, 1.0, 1.0])
+    tiny_config.train.epochs = 4
+    pos, neg = image_dirs
+    result = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "store", base=tiny_base)
+    assert len(result.history) == 2 and result.best_epoch == 2
+
+
 def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrupted(tiny_config, image_dirs, tmp_path, monkeypatch):
     pos, neg = image_dirs
     tiny_config.train.epochs = 3

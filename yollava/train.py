@@ -265,6 +265,10 @@ def train_concept(
             if patience and epoch + 1 - best["epoch"] >= patience:
                 console.print(f"early stop: no improvement for {patience} epochs")
                 break
+            if best["weighted"] >= 1.0 and epoch + 1 < config.train.epochs:
+                # only a strictly better epoch replaces the best one: nothing later can be kept
+                console.print(f"stop after epoch {epoch + 1}: every training image is recognised, no later epoch can do better")
+                break
 
     final = ConceptParams(params.tokens, params.head_mode, best_rows["embed_rows"], best_rows["head_rows"])
     summary = {
