@@ -329,6 +329,8 @@ def main() -> None:
             compiled.check_arch(model)
             compiled.compile_embeddings(model, tokenizer, circuit, seed=config.seed)
             compiled.compile_attention(model, circuit)
+            compiled.compile_readout(model, circuit, tokenizer)
+            compiled.quiet_learnt_outputs(model)
             # the sink threshold is the one free number: chosen on training scenes
             rng = random.Random(f"{config.seed}:calibrate")
             per_task = 20 if args.quick else 200

@@ -27,6 +27,8 @@ def circuit(tmp_path_factory):
     cfg = C.CircuitConfig()
     C.compile_embeddings(model, tokenizer, cfg)
     C.compile_attention(model, cfg)
+    C.compile_readout(model, cfg, tokenizer)
+    C.quiet_learnt_outputs(model)
     exclude = toy.excluded_identities()
     mix = toy.DataMix([toy.draw_scene(0, "test-compiled", i, 64, exclude) for i in range(60)], exclude)
     bank = C.code_targets(mix.scenes, model.config.text_config.hidden_size, 8, cfg)
@@ -92,6 +94,49 @@ def test_without_a_description_nothing_matches(circuit):
     assert max(C.match_values(model, encoder, samples, bank, cfg)) < 0.05
 
 
+def _answers(model, encoder, samples, bank):
+    """Greedy first answer token of each sample (whole vocabulary)."""
+    out = []
+    for start in range(0, len(samples), 40):
+        items = [encoder(s, with_answer=False) for s in samples[start : start + 40]]
+        hidden, _ = toy._hidden(model, encoder, items, bank, None)
+        last = hidden[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
+        out.extend(encoder.tokenizer.convert_ids_to_tokens(model.lm_head(last).argmax(-1).tolist()))
+    return out
+
+
+def test_the_readout_answers_the_asked_attribute_of_the_referenced_subject(circuit):
+    model, tokenizer, cfg, mix, bank, encoder = circuit
+    rng = random.Random(2)
+    samples = []
+    while len(samples) < 160:
+        sample = mix.attribute(rng.randrange(len(mix.scenes)), rng)
+        if sample.kind == "attribute":
+            samples.append(sample)
+    correct = [answer == s.answer for answer, s in zip(_answers(model, encoder, samples, bank), samples)]
+    assert sum(correct) / len(correct) >= 0.95
+    # "What color is the hat of X?" reads the hat's colour, "What color is X?" the body's: same words, other slots
+    for tag in ("accessory_color", "color", "accessory"):
+        subset = [ok for ok, s in zip(correct, samples) if s.tag == tag]
+        assert len(subset) >= 5 and sum(subset) / len(subset) >= 0.9, tag
+
+
+def test_the_readout_stays_quiet_on_questions_that_ask_no_attribute(circuit):
+    model, tokenizer, cfg, mix, bank, encoder = circuit
+    rng = random.Random(3)
+    asked = [s for s in (mix.attribute(i, rng) for i in range(30)) if s.kind == "attribute"][:10]
+    presence = [mix.presence(i, rng, True) for i in range(10)]
+    peaks = []
+    for samples in (asked, presence):
+        items = [encoder(s, with_answer=False) for s in samples]
+        batch = toy.collate(items, tokenizer.pad_token_id)
+        states = model.model.language_model(inputs_embeds=toy.embed_batch(model, batch, bank), attention_mask=batch.mask,
+                                            output_hidden_states=True).hidden_states[C.READOUT_LAYER + 1]
+        last = states[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
+        peaks.append(last[:, C.IMAGE_CODE : C.IMAGE_CODE + C.ANY_ACCESSORY].max(-1).values / cfg.row_scale)
+    assert float(peaks[0].min()) > 1 + cfg.readout_gain / 2 and float(peaks[1].max()) < 1.5
+
+
 def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
     model, tokenizer, cfg, mix, bank, encoder = circuit
     frozen = C.frozen_parts(model)
@@ -106,12 +151,13 @@ def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
         assert torch.equal(param.detach(), before[names[id(param)]])
     for param, mask, _ in frozen.parts:
         assert torch.equal(param.detach()[mask], before[names[id(param)]][mask])
-    layer2 = "model.language_model.layers.2.mlp.down_proj.weight"
+    layer2 = "model.language_model.layers.3.mlp.down_proj.weight"
     assert not torch.equal(after[layer2], before[layer2])  # the rest learns
     embed = "model.language_model.embed_tokens.weight"
     assert torch.equal(after[embed], before[embed])
     # layer 1's learnt heads may not write into the circuit's dimensions
     assert float(after["model.language_model.layers.1.self_attn.o_proj.weight"][: C.FREE_START, C.COMPILED_HEADS * 64 :].abs().sum()) == 0.0
+    assert float(after["model.language_model.layers.2.self_attn.o_proj.weight"][: C.FREE_START, 64:].abs().sum()) == 0.0
 
 
 def test_a_soft_prompt_far_from_any_subject_gets_its_gradient_from_the_soft_match(circuit):

@@ -4,7 +4,7 @@ Eight sessions of probes (README "The toy world") showed a 128-wide language mod
 lookup-like skill of the toy world quickly and sitting at chance for thousands of steps on the one
 skill personalization needs: comparing a description (or a soft prompt) with the subjects in a
 photo. This module builds that skill by construction, the way RASP-style compiled transformers do,
-in three frozen pieces of an ordinary ``LlavaForConditionalGeneration``:
+in frozen pieces of an ordinary ``LlavaForConditionalGeneration``:
 
 - **the word code**: each attribute word's input row carries a flag and a one-hot slot per
   attribute it can be the value of ("red": body colour red and accessory colour red); every row has
@@ -20,7 +20,12 @@ in three frozen pieces of an ordinary ``LlavaForConditionalGeneration``:
   reaches :attr:`CircuitConfig.threshold` (an attention sink), and writes the attended image flag
   to the ``match`` dimension; head 1 retrieves the attribute code of the subject the description
   points at ("the red pet"; any subject when there is none) for attribute questions; head 2 is a
-  gentle match (``soft_match``) that gives a soft prompt far from every subject a gradient.
+  gentle match (``soft_match``) that gives a soft prompt far from every subject a gradient;
+- **the attribute readout** (layer 2): head 0 gathers the question type from its type word
+  ("color", "shape", "kind", "pattern", "accessory", "big"; :data:`TYPE_WORDS`) and the first MLP
+  units amplify only the asked attribute's slots of the retrieved code (the hat's colour for
+  "What color is the hat of X?", the body's for "What color is X?", the same words), so the answer
+  word is a linear read of the residual; its lm_head rows start there (:func:`compile_readout`).
 
 Everything else (which dimension answers "Yes", captions, conversation answers, text questions)
 is learnt by the ``instruct`` stage on the task mix while these pieces stay bit-identical
@@ -58,8 +63,16 @@ SUBJECT = CONST + 3  # image token over a subject
 SINK = CONST + 4  # <s>
 MATCH = CONST + 5  # written by the match head
 SOFT_MATCH = CONST + 6  # written by the soft match head
-FREE_START = CONST + 7
+# question types of the attribute readout (layer 2): what a world question (TEXT_QUESTIONS) asks.
+# "What color is the hat of X?" asks the accessory colour: colour plus an accessory word in the
+# gathered description (WORD), see readout_units.
+TYPES = ("family", "shape", "color", "pattern", "accessory", "size")
+TYPE = CONST + 7  # one dimension per TYPES entry: a type word's row, and the gathered question type
+TYPE_WORDS = {"kind": "family", "shape": "shape", "color": "color", "pattern": "pattern", "accessory": "accessory", "big": "size"}
+NONE = TYPE + len(TYPES)  # written by the readout when an accessory question finds no accessory
+FREE_START = NONE + 1
 COMPILED_HEADS = 3  # heads 0-2 of layer 1 are compiled (match, retrieve, soft match)
+READOUT_LAYER = 2  # its head 0 gathers the question type, the first READOUT_UNITS of its MLP gate the answer
 
 
 @dataclass
@@ -98,6 +111,15 @@ class CircuitConfig:
     sharpen_high: float = 0.55
     sharpen_gain: float = 1.0
     sharpen_slope: float = 20.0  # gate slope of the ramp units (silu approaches relu)
+    # attribute readout (layer 2): the question-type gather and the gate that amplifies the
+    # retrieved code of the asked attribute only ("red" as body colour, not as hat colour)
+    type_logit: float = 40.0  # attention logit of a type word (others 0), at row-scale RMS
+    readout_slope: float = 20.0  # gate slope per unit of gathered type share
+    readout_threshold: float = 0.4  # type share above which an attribute's slots are amplified
+    readout_and: float = 0.5  # colour share and accessory-word code above which accessory-colour slots are amplified
+    readout_gain: float = 8.0  # amplified slot = (1 + gain) x retrieved slot, for a full type share
+    answer_logit: float = 2.0  # initial lm_head weight of an answer word on its amplified slots
+    type_bonus: float = 2.0  # initial lm_head weight of an answer word on its attribute's type share
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +170,8 @@ def _row(hidden: int, entries: dict[int, float], scale: float, free: torch.Tenso
 
 
 def compile_embeddings(model: LlavaForConditionalGeneration, tokenizer: Any, cfg: CircuitConfig, seed: int = 0) -> None:
-    """Rewrite every input row: attribute words get flag + code, ``<s>`` the sink, others a random free part.
+    """Rewrite every input row: attribute words get flag + code, question-type words (:data:`TYPE_WORDS`)
+    their type, ``<s>`` the sink, others a random free part.
 
     All rows have the same RMS (the CONST entry absorbs the difference), so layer 0 sees exactly
     the configured values.
@@ -163,6 +186,9 @@ def compile_embeddings(model: LlavaForConditionalGeneration, tokenizer: Any, cfg
             if token in words:
                 entries = {FLAG: cfg.flag, **{WORD + s: sign * cfg.code for s, sign in word_slots(token).items()}}
                 embed[token_id] = _row(hidden, entries, cfg.row_scale)
+            elif token in TYPE_WORDS:
+                free = cfg.free * torch.randn(hidden - FREE_START, generator=generator)
+                embed[token_id] = _row(hidden, {TYPE + TYPES.index(TYPE_WORDS[token]): cfg.code}, cfg.row_scale, free)
             elif token == tokenizer.bos_token:
                 embed[token_id] = _row(hidden, {SINK: cfg.code}, cfg.row_scale)
             else:
@@ -351,6 +377,114 @@ def compile_attention(model: LlavaForConditionalGeneration, cfg: CircuitConfig) 
             attn.o_proj.weight[IMAGE_CODE + s, head_dim + s] = cfg.row_scale
 
 
+def readout_units(cfg: CircuitConfig) -> list[tuple[int, dict[int, float], float, int, float]]:
+    """Layer 2's compiled MLP units: (input dim of ``up``, gate weights on TYPE dims, gate threshold
+    in type-share units, output dim, output weight per unit of gate excess).
+
+    Per slot of a plain attribute, one unit: gate on its type share. Body colour is colour without
+    an accessory word m in the gathered description (WORD: 3 / number of attribute words, so
+    0.75-3); accessory colour is colour AND m (three units: relu(c + m - t) - relu(c - t) -
+    relu(m - t) is t when both exceed t, else 0). ``NONE``: an accessory question whose
+    retrieved subject has no accessory (up: CONST, gate lowered by the retrieved ANY slot).
+    """
+    t = {name: TYPE + i for i, name in enumerate(TYPES)}
+    units = []
+    plain_span = 1.0 - cfg.readout_threshold
+    accessory_words = {WORD + s: 1.0 for s, (a, _) in enumerate(SLOTS[:ANY_ACCESSORY]) if a == "accessory"}
+    for s, (attribute, _) in enumerate(SLOTS[:ANY_ACCESSORY]):
+        dim = IMAGE_CODE + s
+        if attribute == "accessory_color":
+            for gate, sign in (({t["color"]: 1.0, **accessory_words}, 1.0), ({t["color"]: 1.0}, -1.0), (accessory_words, -1.0)):
+                units.append((dim, gate, cfg.readout_and, dim, sign / cfg.readout_and))
+        elif attribute == "color":
+            units.append((dim, {t["color"]: 1.0, **{d: -2.0 for d in accessory_words}}, cfg.readout_threshold, dim, 1.0 / plain_span))
+        else:
+            units.append((dim, {t[attribute]: 1.0}, cfg.readout_threshold, dim, 1.0 / plain_span))
+    units.append((CONST, {t["accessory"]: 1.0, IMAGE_CODE + ANY_ACCESSORY: -1.0}, cfg.readout_threshold, NONE, 1.0 / plain_span))
+    return units
+
+
+def compile_readout(model: LlavaForConditionalGeneration, cfg: CircuitConfig, tokenizer: Any | None = None) -> None:
+    """Layer 2: head 0 gathers the question type, the first ``len(readout_units)`` MLP units amplify
+    the asked attribute's slots of the code that layer 1 retrieved. With ``tokenizer``, each answer
+    word's lm_head row is initialised to read its amplified slots (instruct training refines it).
+
+    Only the asked attribute is amplified, so the answer becomes a linear read of the residual:
+    "What color is the hat of X?" amplifies the accessory-colour slots and not the body colour,
+    although both are read by the same colour words.
+    """
+    text = model.config.text_config
+    hidden = text.hidden_size
+    head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
+    scale = math.sqrt(head_dim)
+    static = static_dims(head_dim, cfg.rope_static_from)
+    const = math.sqrt(hidden - cfg.free ** 2 * (hidden - FREE_START))
+    layer = model.model.language_model.layers[READOUT_LAYER]
+    attn, mlp = layer.self_attn, layer.mlp
+    units = readout_units(cfg)
+    if mlp.gate_proj.weight.shape[0] < len(units) + 16:
+        raise ValueError(f"compiled circuit: layer {READOUT_LAYER} MLP has {mlp.gate_proj.weight.shape[0]} units, needs {len(units) + 16}")
+    with torch.no_grad():
+        layer.input_layernorm.weight.fill_(1.0)
+        layer.post_attention_layernorm.weight.fill_(1.0)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight[:head_dim] = 0.0
+        attn.o_proj.weight[:, :head_dim] = 0.0
+        # the learnt heads write free dimensions only: the gate reads clean TYPE and code values
+        attn.o_proj.weight[:FREE_START] = 0.0
+        # head 0: q = CONST, k = sum of TYPE entries (type words: type_logit, others 0). No sink:
+        # without a type word the attention spreads over ~100 tokens whose TYPE entries are 0, and
+        # a sink's logit would have to be balanced against token RMS that the learnt layers move
+        attn.q_proj.weight[static[0], CONST] = cfg.type_logit * scale / const
+        attn.k_proj.weight[static[0], TYPE:TYPE + len(TYPES)] = 1.0 / cfg.code
+        for i in range(len(TYPES)):
+            attn.v_proj.weight[i, TYPE + i] = 1.0 / cfg.code
+            attn.o_proj.weight[TYPE + i, i] = cfg.row_scale
+        # MLP units: silu(slope * (sum_w share - threshold)) * up; shares and CONST scale alike
+        # with the token's RMS, so the gate's sign does not depend on it
+        n = len(units)
+        for proj in (mlp.gate_proj, mlp.up_proj):
+            proj.weight[:n] = 0.0
+        mlp.down_proj.weight[:, :n] = 0.0
+        for u, (up_dim, gate, threshold, out_dim, weight) in enumerate(units):
+            for dim, w in gate.items():
+                # TYPE dims hold shares at row scale; the retrieved ANY slot is about 1 at row scale
+                mlp.gate_proj.weight[u, dim] = cfg.readout_slope * w
+            mlp.gate_proj.weight[u, CONST] = -cfg.readout_slope * threshold / const
+            mlp.up_proj.weight[u, up_dim] = 1.0 if up_dim != CONST else cfg.image_code / const
+            mlp.down_proj.weight[out_dim, u] = cfg.readout_gain * cfg.row_scale * weight / cfg.readout_slope
+        if tokenizer is not None:
+            head = model.lm_head.weight
+            for s, (_, value) in enumerate(SLOTS[:ANY_ACCESSORY]):
+                head[tokenizer.convert_tokens_to_ids(value), IMAGE_CODE + s] = cfg.answer_logit
+            head[tokenizer.convert_tokens_to_ids("none"), NONE] = cfg.answer_logit
+            for i, attribute in enumerate(TYPES):
+                for value in ATTRIBUTES[attribute]:
+                    if value != "none":
+                        head[tokenizer.convert_tokens_to_ids(value), TYPE + i] = cfg.type_bonus
+
+
+def quiet_learnt_outputs(model: LlavaForConditionalGeneration) -> None:
+    """Zero what the learnt heads and MLP units of layers 1 and up write (their output projections).
+
+    A fresh model's random layers write about as much as a token row holds (row scale 0.02), which
+    moves every token's RMS and so the logits of the compiled heads downstream. Starting the
+    learnt branches at zero output (like zero-initialised residual branches) lets the circuit work
+    from the first instruct step; the gradients still reach them through the output projections.
+    """
+    frozen = frozen_parts(model)
+    kept = {id(p): mask for p, mask, _ in frozen.parts}
+    layers = model.model.language_model.layers
+    with torch.no_grad():
+        for layer in layers[1:]:
+            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                mask = kept.get(id(proj.weight))
+                if mask is None:
+                    proj.weight.zero_()
+                else:
+                    proj.weight[~mask] = 0.0
+
+
 class Frozen:
     """Parameters, or parts of them, that training must leave bit-identical.
 
@@ -383,7 +517,8 @@ class Frozen:
 
 
 def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
-    """The compiled pieces: input rows, projector, tower, layer 0, layer 1's norm, heads 0-1 and its writes to reserved dimensions."""
+    """The compiled pieces: input rows, projector, tower, layer 0, layer 1's norm, heads 0-2 and its
+    writes to reserved dimensions, layer 2's norms, head 0, readout units and its heads' reserved writes."""
     text = model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     frozen = Frozen()
@@ -404,6 +539,26 @@ def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
     mask = torch.zeros_like(l1.mlp.down_proj.weight, dtype=torch.bool)
     mask[:FREE_START] = True
     frozen.add(l1.mlp.down_proj.weight, mask)
+    # layer 2: norms, head 0, the learnt heads' writes to reserved dimensions, the readout units
+    l2 = lm.layers[READOUT_LAYER]
+    frozen.add(l2.input_layernorm.weight)
+    frozen.add(l2.post_attention_layernorm.weight)
+    for proj in (l2.self_attn.q_proj, l2.self_attn.k_proj, l2.self_attn.v_proj):
+        mask = torch.zeros_like(proj.weight, dtype=torch.bool)
+        mask[:head_dim] = True
+        frozen.add(proj.weight, mask)
+    mask = torch.zeros_like(l2.self_attn.o_proj.weight, dtype=torch.bool)
+    mask[:, :head_dim] = True
+    mask[:FREE_START] = True
+    frozen.add(l2.self_attn.o_proj.weight, mask)
+    n = len(readout_units(CircuitConfig()))
+    for proj in (l2.mlp.gate_proj, l2.mlp.up_proj):
+        mask = torch.zeros_like(proj.weight, dtype=torch.bool)
+        mask[:n] = True
+        frozen.add(proj.weight, mask)
+    mask = torch.zeros_like(l2.mlp.down_proj.weight, dtype=torch.bool)
+    mask[:, :n] = True
+    frozen.add(l2.mlp.down_proj.weight, mask)
     return frozen
 
 
