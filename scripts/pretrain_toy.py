@@ -143,7 +143,7 @@ images and descriptions. Every prompt is rendered with `yollava.prompts.render/e
 |---|---|---|---|---|
 {stages}
 
-Instruction mix: {json.dumps(report['config']['mix'])}. Yes/no tasks are balanced 50/50; negatives are
+Instruction mix: {json.dumps(next((s['mix'] for s in report['config']['stages'] if s['name'] == 'instruct' and s.get('mix')), report['config']['mix']))}. Yes/no tasks are balanced 50/50; negatives are
 one-attribute lookalikes of the main subject (fine: pattern/accessory/accessory colour; coarse:
 family/shape/colour/size), lookalikes of a distractor, or random subjects. Introduced subjects use the
 placeholder names; with probability {report['config']['name_noise']} a sample's names get fresh vectors

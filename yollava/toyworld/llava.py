@@ -1150,7 +1150,7 @@ def recipe_stages(recipe: str) -> list[StageConfig]:
     better attribute answers, yes/no at chance).
     """
     # the toy CLIP's features name the attributes poorly: dense per-patch supervision first
-    vision = StageConfig("vision", steps=4000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0)
+    vision = StageConfig("vision", steps=10000, lr=3e-3, trains="vision", task="dense", warmup=50, vision_lr_scale=1.0)
     instruct = StageConfig("instruct", steps=3000, lr=1e-3, trains="all", task="mix", warmup=100)
     if recipe == "compiled":
         # the tower stays as the dense stage left it: fine-tuning it on the codes fitted the large
