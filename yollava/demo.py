@@ -26,6 +26,9 @@ from yollava.toyworld.benchmark import generate_benchmark
 from yollava.train import train_concept
 
 CONCEPT = "ozzy"  # the first concept of every seed-0 toy benchmark
+# the toy LLaVA separates ozzy's training photos within a few epochs; 15 (the paper's, `yollava
+# train`'s default) would make the quickstart take ~8 minutes on two cores instead of ~3
+DEMO_EPOCHS = 4
 
 
 def default_model() -> str:
@@ -42,7 +45,7 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
         out: folder for the world, runs and concept store (reused: the world is regenerated).
         model: base model (``toy``, the pretrained toy LLaVA; ``tiny`` is random and stays at chance);
             None: :func:`default_model`.
-        epochs: training epochs (None: the configured default; 3 on ``tiny``).
+        epochs: training epochs (None: :data:`DEMO_EPOCHS` on ``toy``, 3 on ``tiny``, else the configured default).
         console: where progress goes.
 
     Returns:
@@ -56,6 +59,8 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
                           "running the pipeline on the random tiny model, whose scores sit at chance[/yellow]")
     if model == "tiny" and epochs is None:
         epochs = 3  # a random model learns nothing: three epochs show the pipeline
+    if model == "toy" and epochs is None:
+        epochs = DEMO_EPOCHS
     out = Path(out)
     world = generate_benchmark(out / "toyworld", n_concepts=3, pool_size=1000, n_train=5, overwrite=True, progress=console.is_terminal)
     overrides = [f"model.name={model}", f"train.runs_dir={out / 'runs'}"] + ([f"train.epochs={epochs}"] if epochs else [])
