@@ -149,7 +149,8 @@ def plot(results: list[dict], path: Path) -> None:
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     ax.set_xticks(list(x), names, rotation=60, fontsize=8)
     ax.set(ylabel="weighted recognition (test)", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
+    # above the axes: inside, it hides the bars of the last concepts
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
