@@ -4,7 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[[ -x .venv-laion/bin/python ]] || "$PYTHON" -m venv .venv-laion
+if [[ ! -x .venv-laion/bin/python ]]; then
+  # torch (CUDA build, which runs on the CPU too) and its libraries take about 6 GB
+  free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+  if (( free_mb < 7000 )); then
+    echo "error: .venv-laion needs about 7 GB of free disk, $(pwd) has ${free_mb} MB; free some space and re-run $0" >&2
+    exit 1
+  fi
+  "$PYTHON" -m venv .venv-laion
+fi
 .venv-laion/bin/python -m pip install --quiet --upgrade pip
 case "$(uname -m)" in
   aarch64|arm64) TORCH=(torch==2.9.1 torchvision==0.24.1) ;;
