@@ -7,8 +7,8 @@ PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv-laion/bin/python ]]; then
   # torch (CUDA build, which runs on the CPU too) and its libraries take about 6 GB
   free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
-  if (( free_mb < 7000 )); then
-    echo "error: .venv-laion needs about 7 GB of free disk, $(pwd) has ${free_mb} MB; free some space and re-run $0" >&2
+  if (( free_mb < 6500 )); then
+    echo "error: .venv-laion needs about 6.5 GB of free disk, $(pwd) has ${free_mb} MB; free some space and re-run $0" >&2
     exit 1
   fi
   "$PYTHON" -m venv .venv-laion
