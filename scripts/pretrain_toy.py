@@ -134,7 +134,8 @@ Loaded by `yollava.models.load_base(ModelConfig(name="toy"))` → `yollava.toywo
 
 ## Recipe
 
-Scenes: {report['config']['train_scenes']} training scenes (stream `{TRAIN_STREAM}`) and held-out scenes (stream
+Scenes: {report['config']['train_scenes']} training scenes (stream `{TRAIN_STREAM}`; the dense `vision` stage sees
+{report['config'].get('vision_scenes', report['config']['train_scenes'])} scenes of that stream) and held-out scenes (stream
 `{HELDOUT_STREAM}`), main subject + 0-3 distractors, generator version {GENERATOR_VERSION}. Every concept identity of the
 benchmarks planned from seed(s) {list(report['config']['excluded_seeds'])} with 1-{report['config']['excluded_max_concepts']} concepts is excluded from all
 images and descriptions. Every prompt is rendered with `yollava.prompts.render/encode` in the llava_v1 format.
@@ -231,6 +232,7 @@ def main() -> None:
         next(s for s in config.stages if s.name == name).steps = int(steps)
     if args.quick:
         config.train_scenes, heldout_count, args.eval_items = 600, 300, 40
+        config.vision_scenes = 900
         config.known_scenes, config.known_heldout_scenes = (3, 2), (2, 1)
         for stage in config.stages:
             stage.steps, stage.warmup = 4, 2
@@ -312,8 +314,14 @@ def main() -> None:
         train_bank, heldout_bank = banks_for(stage.trains)
         evaluate = (lambda bank=heldout_bank: toy.quick_report(toy.evaluate_quality(model, encoder, progress_set, bank, config.seed))) if stage.task in ("mix", "text") else None
         if stage.task == "dense":
-            records, vision_quality = toy.supervise_tower(model, stage, config, train_bank, train_scenes, log,
+            # more scenes of the training stream than the later stages use (PretrainConfig.vision_scenes)
+            scenes = train_scenes + [toy.draw_scene(config.seed, TRAIN_STREAM, i, IMAGE_SIZE, exclude)
+                                     for i in range(config.train_scenes, config.vision_scenes)]
+            log(f"dense stage on {len(scenes)} scenes")
+            dense_bank = toy.PixelBank(model, scenes) if len(scenes) > len(train_scenes) else train_bank
+            records, vision_quality = toy.supervise_tower(model, stage, config, dense_bank, scenes, log,
                                                           heldout=(heldout_bank, heldout_scenes[:1000]))
+            del scenes, dense_bank
             history += records
         elif stage.task == "ground":
             history += toy.ground_projector(model, stage, config, train_mix, train_bank, tokenizer, log)
@@ -374,7 +382,8 @@ def main() -> None:
                 prior = json.loads((source / toy.QUALITY_FILE).read_text(encoding="utf-8"))
                 history = [{**r, "from": part} for r in prior["history"]] + history
                 train_seconds += prior["train_seconds"]
-                config_report.setdefault("earlier_stages", []).append({"from": str(source), "stages": prior["config"]["stages"]})
+                config_report.setdefault("earlier_stages", []).append({
+                    "from": source.name, "weights_sha256": file_sha256(source / toy.WEIGHTS_FILE), "stages": prior["config"]["stages"]})
                 if part == "tower" and not vision_quality:
                     vision_quality = prior.get("vision", {})
     report = {
