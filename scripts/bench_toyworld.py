@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from yollava.concept import load_concept  # noqa: E402
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the concepts already in --out's results.partial.json (same settings assumed)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="combine these shards' --out folders into --out")
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as `yollava train` does (see yollava.cli._flush_denormals)
     console = Console(stderr=True)
     names = json.loads((args.data / "benchmark.json").read_text())["concepts"]
     if args.concepts:

@@ -48,6 +48,18 @@ def _setup_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _flush_denormals() -> None:
+    """Treat subnormal floats as zero in this process (CPU training, set before any torch work).
+
+    The toy LLaVA's compiled circuit exponentiates large negative logits and its gates send silu far
+    negative: their subnormal results are slow on x86 CPUs. Measured on the shipped toy LLaVA: 48.1 ms
+    -> 40.6 ms per concept-training step (2 threads). Values below 1.2e-38 become 0; GPUs are unaffected.
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+
+
 def _overrides(model: Optional[str], extra: Optional[List[str]], **mapped: Any) -> list[str]:
     items = [f"model.name={model}"] if model else []
     items += [f"{key}={value}" for key, value in mapped.items() if value is not None]
@@ -109,6 +121,7 @@ def train(
     from yollava.config import load_config
     from yollava.train import train_concept
 
+    _flush_denormals()
     cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs, "data.recipe": recipe, "data.category": category}))
     source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     try:
@@ -411,6 +424,7 @@ def demo(
     """Offline quickstart: generate a small toy world, train <ozzy> on the toy LLaVA, chat about it, score recognition."""
     from yollava.demo import run_demo
 
+    _flush_denormals()
     run_demo(out, model=model, epochs=epochs, console=err)
 
 
