@@ -318,7 +318,7 @@ def main() -> None:
             scenes = train_scenes + [toy.draw_scene(config.seed, TRAIN_STREAM, i, IMAGE_SIZE, exclude)
                                      for i in range(config.train_scenes, config.vision_scenes)]
             log(f"dense stage on {len(scenes)} scenes")
-            dense_bank = toy.PixelBank(model, scenes) if len(scenes) > len(train_scenes) else train_bank
+            dense_bank = toy.PixelBank(model, scenes, prefix=train_bank) if len(scenes) > len(train_scenes) else train_bank
             records, vision_quality = toy.supervise_tower(model, stage, config, dense_bank, scenes, log,
                                                           heldout=(heldout_bank, heldout_scenes[:1000]))
             del scenes, dense_bank

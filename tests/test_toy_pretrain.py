@@ -102,6 +102,15 @@ def test_pixel_bank_gives_the_towers_features(world, tmp_path):
     torch.testing.assert_close(pixels, precomputed, atol=2e-2, rtol=1e-2)  # the bank stores fp16
 
 
+def test_pixel_bank_extends_a_prefix_bank_without_changing_its_images(world, tmp_path):
+    mix, _, _ = world
+    model = fresh_model(tmp_path)
+    scenes = mix.scenes[:9]
+    extended = toy.PixelBank(model, scenes, batch_size=4, prefix=toy.PixelBank(model, scenes[:5]))
+    assert torch.equal(extended.pixels, toy.PixelBank(model, scenes).pixels)
+    assert len(extended) == 9
+
+
 def test_pretraining_script_runs_every_stage(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_toy.py"), "--quick", "--stage-set", "instruct.mix=presence:0.5/verify:0.5"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)

@@ -537,10 +537,12 @@ class PixelBank:
     tower trains (30k scenes x 64 x 64 x 3 = 370 MB).
     """
 
-    def __init__(self, model: LlavaForConditionalGeneration, scenes: Sequence[Scene], batch_size: int = 512):
+    def __init__(self, model: LlavaForConditionalGeneration, scenes: Sequence[Scene], batch_size: int = 512,
+                 prefix: PixelBank | None = None):
+        """``prefix``: a bank of the first scenes of ``scenes``, whose pixels are reused, not rendered again."""
         self.model = model
-        chunks = []
-        for start in range(0, len(scenes), batch_size):
+        chunks = [prefix.pixels] if prefix is not None else []
+        for start in range(len(prefix) if prefix is not None else 0, len(scenes), batch_size):
             chunks.append(torch.from_numpy(np.stack([np.asarray(render_scene(s)) for s in scenes[start : start + batch_size]])))
         self.pixels = torch.cat(chunks)
         patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
