@@ -19,12 +19,12 @@ from yollava.evaluate import recognition_accuracy, yollava_split
 from yollava.forward import FeatureCache
 from yollava.models import load_base
 from yollava.prompts import ChatFormat, RecognitionBank
-from yollava.toyworld import llava as toy
+from yollava.toyworld import toy_llava
 from yollava.toyworld.benchmark import generate_benchmark
 from yollava.train import train_concept
 
 pytestmark = pytest.mark.skipif(
-    not (toy.toy_llava_folder() / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
+    not toy_llava.toy_llava_available(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
 )
 CONCEPT = "ozzy"  # the first concept of every seed-0 benchmark
 EPOCHS = 4

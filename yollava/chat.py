@@ -10,7 +10,7 @@ from transformers import TextStreamer
 from yollava.concept import ConceptArtifact
 from yollava.forward import FeatureCache, ImageRef, generation_inputs
 from yollava.images import load_rgb
-from yollava.models import Base
+from yollava.base import Base
 from yollava.prompts import ChatFormat, Turn, encode, render, soft_prompt_text
 
 

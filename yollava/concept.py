@@ -16,7 +16,7 @@ from tokenizers import AddedToken
 from yollava.config import ConceptConfig, HeadRows, InitMethod
 from yollava.errors import YollavaError
 from yollava.images import file_sha256
-from yollava.models import Base
+from yollava.base import Base
 from yollava.storage import CONCEPT_JSON, CONCEPT_WEIGHTS, load_tensors, save_tensors_atomic, write_json_atomic
 
 FORMAT_VERSION = 1

@@ -33,9 +33,9 @@ DEMO_EPOCHS = 4
 
 def default_model() -> str:
     """``toy`` when the pretrained toy LLaVA is installed, else the random ``tiny`` model."""
-    from yollava.toyworld.llava import WEIGHTS_FILE, toy_llava_folder
+    from yollava.toyworld.toy_llava import toy_llava_available
 
-    return "toy" if (toy_llava_folder() / WEIGHTS_FILE).is_file() else "tiny"
+    return "toy" if toy_llava_available() else "tiny"
 
 
 def run_demo(out: str | Path, model: str | None = None, epochs: int | None = None, console: Console | None = None) -> dict[str, float]:

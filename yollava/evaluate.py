@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from yollava.errors import YollavaError
 from yollava.forward import FeatureCache, ImageRef, next_token_logprobs
 from yollava.images import scan_image_dir
-from yollava.models import Base
+from yollava.base import Base
 from yollava.prompts import IGNORE_INDEX, ChatFormat, Turn, encode, render
 
 

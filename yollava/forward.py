@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from yollava.images import file_sha256, load_rgb
-from yollava.models import Base
+from yollava.base import Base
 from yollava.prompts import IGNORE_INDEX
 
 

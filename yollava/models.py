@@ -1,23 +1,17 @@
-"""Loading a frozen LLaVA base (hub id, local directory, or the offline tiny builder)."""
+"""A registry of frozen LLaVA bases: hub id or local checkpoint, ``tiny`` (random, offline) and ``toy`` (pretrained toy world)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import transformers
-from transformers import (
-    AutoProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from yollava.base import Base, clip_image_processor, count_image_tokens, freeze
 from yollava.config import ModelConfig, Quantization
 from yollava.errors import YollavaError
 
@@ -28,73 +22,6 @@ TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 # transformers 5 renamed from_pretrained's torch_dtype= to dtype=
 DTYPE_KWARG = "dtype" if TRANSFORMERS_MAJOR >= 5 else "torch_dtype"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Base:
-    """A frozen LLaVA with what is needed to talk to it.
-
-    Attributes:
-        model: transformers' own ``LlavaForConditionalGeneration``, every parameter frozen.
-        tokenizer: its tokenizer (concept tokens are added to it when concepts attach).
-        image_processor: turns PIL images into ``pixel_values``.
-        model_id: hub id or path as given (recorded in concept files).
-        revision: hub commit hash when known.
-        image_token_id: id of the ``<image>`` placeholder token.
-        num_image_tokens: how many positions each image occupies (576 for LLaVA-1.5 at 336 px).
-        base_tokenizer_size: tokenizer length before any concept token was added.
-    """
-
-    model: LlavaForConditionalGeneration
-    tokenizer: Any
-    image_processor: Any
-    model_id: str
-    revision: str | None
-    image_token_id: int
-    num_image_tokens: int
-    base_tokenizer_size: int
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
-    @property
-    def base_rows(self) -> int:
-        """Rows of the original embedding matrix (may exceed the tokenizer: 32064 vs 32002 on llava-hf)."""
-        embedding = self.model.get_input_embeddings()
-        return getattr(embedding, "base", embedding).weight.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    def describe(self) -> dict[str, Any]:
-        """What a concept records about the base it was trained on."""
-        return {
-            "id": self.model_id,
-            "revision": self.revision,
-            "hidden_size": self.hidden_size,
-            "vocab_rows": self.base_rows,
-            "tokenizer_size": self.base_tokenizer_size,
-        }
-
-
-def count_image_tokens(config: LlavaConfig) -> int:
-    """Positions one image occupies in the language model's sequence."""
-    vision = config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
-    return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
-
-
-def freeze(model: torch.nn.Module) -> None:
-    """Freeze every parameter and switch off dropout: the base never trains."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    model.eval()
 
 
 def _resolve_device(name: str) -> str:
@@ -129,12 +56,6 @@ def tiny_tokenizer() -> Any:
         extra_special_tokens={"image_token": "<image>"},
         model_input_names=["input_ids", "attention_mask"], padding_side="right",
     )
-
-
-def _clip_image_processor(size: int) -> Any:
-    # transformers 5 has a PIL-backed class; 4.57's CLIPImageProcessor is PIL/numpy-based already
-    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def build_tiny_base(seed: int = 0, extra_rows: int = 8, hidden_size: int = 64) -> Base:
@@ -173,7 +94,7 @@ def build_tiny_base(seed: int = 0, extra_rows: int = 8, hidden_size: int = 64) -
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     freeze(model)
     return Base(
-        model=model, tokenizer=tokenizer, image_processor=_clip_image_processor(vision.image_size),
+        model=model, tokenizer=tokenizer, image_processor=clip_image_processor(vision.image_size),
         model_id=TINY, revision=None, image_token_id=image_token_id,
         num_image_tokens=count_image_tokens(config), base_tokenizer_size=len(tokenizer),
     )
@@ -183,14 +104,28 @@ TOY = "toy"
 
 
 def build_toy_base() -> Base:
-    """The toy world's pretrained LLaVA (shipped in the package; see yollava/toyworld/llava.py)."""
-    try:
-        from yollava.toyworld.llava import load_toy_base
-    except ImportError as exc:
-        raise YollavaError(f"the toy LLaVA is not available in this install ({exc}); use --model tiny") from exc
+    """The toy world's pretrained LLaVA (shipped in the package; see yollava/toyworld/toy_llava.py)."""
+    from yollava.toyworld.toy_llava import load_toy_base
+
     return load_toy_base()
 
 
+def place(base: Base, config: ModelConfig) -> Base:
+    """Move a locally built base to ``config.device`` / ``config.dtype`` (builders build on the CPU in fp32).
+
+    Raises:
+        YollavaError: an unusable device or dtype, or quantization asked of a built model.
+    """
+    if config.quantization != Quantization.none:
+        raise YollavaError(f"model.quantization={config.quantization.value} applies to hub checkpoints; '{config.name}' is built locally, use model.quantization=none")
+    device = _resolve_device(config.device)
+    dtype = _resolve_dtype(config.dtype, device)
+    if (base.device.type, base.dtype) != (torch.device(device).type, dtype):
+        base.model.to(device=device, dtype=dtype)
+    return base
+
+
+# Locally built bases by name; every other ``model.name`` is a hub id or a checkpoint folder.
 BUILDERS: dict[str, Callable[[], Base]] = {TINY: build_tiny_base, TOY: build_toy_base}
 
 
@@ -215,7 +150,8 @@ def load_base(config: ModelConfig) -> Base:
 
     Args:
         config: ``name`` is a hub id (default ``llava-hf/llava-1.5-13b-hf``), a local directory of a
-            ``LlavaForConditionalGeneration`` checkpoint, or a registered builder name (``tiny``).
+            ``LlavaForConditionalGeneration`` checkpoint, or a name in :data:`BUILDERS` (``tiny``, ``toy``);
+            ``device``/``dtype`` apply to every kind, so ``base.device``/``base.dtype`` always hold.
 
     Returns:
         A frozen :class:`Base` with the model on its device (accelerate places it on GPU).
@@ -224,7 +160,7 @@ def load_base(config: ModelConfig) -> Base:
         YollavaError: the checkpoint cannot be found or loaded, or the device/dtype is unusable.
     """
     if config.name in BUILDERS:
-        return BUILDERS[config.name]()
+        return place(BUILDERS[config.name](), config)
     device = _resolve_device(config.device)
     dtype = _resolve_dtype(config.dtype, device)
     kwargs: dict[str, Any] = {DTYPE_KWARG: dtype, "revision": config.revision, "use_safetensors": True}
@@ -243,7 +179,7 @@ def load_base(config: ModelConfig) -> Base:
         reason = str(exc).strip().splitlines()[0][:200]
         raise YollavaError(
             f"cannot load model '{config.name}' ({reason}); check the id or path, your network/HF cache, "
-            "or use --model tiny for an offline test model"
+            "or use --model toy for the offline pretrained toy model"
         ) from exc
     if not device.startswith("cuda"):
         model.to(device)

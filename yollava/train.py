@@ -28,7 +28,8 @@ from yollava.errors import YollavaError
 from yollava.evaluate import RecognitionResult, recognition_accuracy
 from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
 from yollava.images import file_sha256
-from yollava.models import Base, load_base
+from yollava.base import Base
+from yollava.models import load_base
 from yollava.plots import plot_training_history
 from yollava.progress import progress_bar
 from yollava.prompts import ChatFormat, RecognitionBank, Turn, encode, load_template, render

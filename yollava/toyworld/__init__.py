@@ -1,16 +1,5 @@
-"""A procedural toy world: seeded scenes of compositional subjects, a benchmark writer and a toy CLIP."""
+"""A procedural toy world: seeded scenes of compositional subjects, a benchmark writer, a toy CLIP and a toy LLaVA.
 
-from yollava.toyworld.benchmark import generate_benchmark, plan_benchmark
-from yollava.toyworld.render import render_scene
-from yollava.toyworld.world import Scene, Subject, caption, describe_subject, vocabulary
-
-__all__ = [
-    "Scene",
-    "Subject",
-    "caption",
-    "describe_subject",
-    "generate_benchmark",
-    "plan_benchmark",
-    "render_scene",
-    "vocabulary",
-]
+Import the submodule you need (``world``, ``render``, ``benchmark``, ``clip``, ``toy_llava``): this
+package imports nothing itself, so loading the toy LLaVA does not pull in the renderer or the planner.
+"""
