@@ -26,7 +26,8 @@ from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, gather_images, prepare_training_set, resolve_recipe, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate import RecognitionResult, recognition_accuracy
-from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
+from yollava.batching import epoch_batches
+from yollava.forward import ImageRef, collate, make_cache, split_lengths, supervised_loss
 from yollava.images import file_sha256
 from yollava.base import Base
 from yollava.models import load_base
@@ -225,7 +226,9 @@ def train_concept(
         _load_optimizer_state(optimizer, tensors, state["param_groups"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
 
-    cache = FeatureCache(base, enabled=config.train.cache_image_features)
+    # frozen image features and prefix keys/values, computed once here and reused by every step and score
+    cache = make_cache(base, config.train, warm=[(e.input_ids, e.labels, e.images) for e in encoded])
+    lengths = [split_lengths(base, e.input_ids, e.labels) for e in encoded]
     eval_question = bank.eval_prompt(identifier)
     patience = config.train.early_stop_patience
     console.print(
@@ -240,10 +243,9 @@ def train_concept(
         epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
-            order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)).tolist()
             losses: list[float] = []
-            for step in range(steps_per_epoch):
-                chunk = [encoded[i] for i in order[step * batch_size : (step + 1) * batch_size]]
+            for indices in epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window):
+                chunk = [encoded[i] for i in indices]
                 batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], base.tokenizer.pad_token_id or 0, base.device)
                 loss = supervised_loss(base, batch, cache, config.train.head_at_supervised_only)
                 optimizer.zero_grad(set_to_none=True)
