@@ -33,7 +33,12 @@ def fake_answers(monkeypatch, text="This subject is a red ball. The subject has 
         calls["n"] += 1
         return text
 
+    def answers(base, prompts, *args, **kwargs):
+        calls["n"] += len(prompts)
+        return [text] * len(prompts)
+
     monkeypatch.setattr(yollava.chat, "greedy_generate", answer)
+    monkeypatch.setattr(yollava.chat, "greedy_generate_batch", answers)
     return calls
 
 

@@ -218,20 +218,24 @@ def conversation_samples(
     The model sees the photo and a neutral stand-in name ("Riley" / "this subject"); the stand-in is
     replaced by the identifier in question and answer, and the sample is stored without the photo.
     """
-    from yollava.chat import greedy_generate
-    from yollava.forward import FeatureCache, ImageRef
+    from yollava.chat import greedy_generate_batch
+    from yollava.forward import ImageRef, PrefixCache
     from yollava.prompts import ChatFormat, Turn, encode, render
 
     fmt = ChatFormat.load(template)
-    cache = FeatureCache(base)
+    cache = PrefixCache(base)
     stand_in = bank.stand_in[category]
     samples = []
     for path in positives:
-        for question in bank.questions[category]:
-            asked = question.replace("{name}", stand_in)
-            segments = render(fmt, [Turn(asked, None, images=1)], base.tokenizer.eos_token)
-            ids = encode(base.tokenizer, segments, base.image_token_id, base.num_image_tokens).input_ids
-            answer = greedy_generate(base, ids, [ImageRef(path)], cache, max_new_tokens)
+        questions = bank.questions[category]
+        prompts = [
+            encode(base.tokenizer, render(fmt, [Turn(q.replace("{name}", stand_in), None, images=1)], base.tokenizer.eos_token),
+                   base.image_token_id, base.num_image_tokens).input_ids
+            for q in questions
+        ]
+        # one batch per photo: its prefix (system text + image) is computed once for all its questions
+        answers = greedy_generate_batch(base, prompts, [[ImageRef(path)]] * len(prompts), cache, max_new_tokens)
+        for question, answer in zip(questions, answers):
             if not answer:
                 continue  # an empty answer teaches nothing; it is counted in the summary
             samples.append(Sample(

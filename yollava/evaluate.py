@@ -64,12 +64,11 @@ class RecognitionScorer:
         return encode(self.base.tokenizer, segments, self.base.image_token_id, self.base.num_image_tokens).input_ids
 
     def p_yes(self, images: Sequence[str]) -> list[tuple[float, float]]:
-        """(log p(Yes), log p(No)) for each image."""
-        out = []
-        for path in images:
-            logprobs = next_token_logprobs(self.base, [self.prompt_ids], [[ImageRef(path)]], self.cache)[0]
-            out.append((float(logprobs[self.yes_id]), float(logprobs[self.no_id])))
-        return out
+        """(log p(Yes), log p(No)) for each image, scored in batches (prefix keys/values shared when the cache holds them)."""
+        if not images:
+            return []
+        logprobs = next_token_logprobs(self.base, [self.prompt_ids] * len(images), [[ImageRef(str(p))] for p in images], self.cache)
+        return [(float(row[self.yes_id]), float(row[self.no_id])) for row in logprobs]
 
 
 def classify_answer(text: str) -> str:
@@ -114,8 +113,8 @@ def recognition_accuracy(
     per_image: list[dict[str, Any]] = []
     gen_counts = {"positive_correct": 0, "negative_correct": 0, "other": 0}
     for label, paths in ((True, positives), (False, negatives)):
-        for path in paths:
-            (lp_yes, lp_no), = scorer.p_yes([path])
+        scores = scorer.p_yes(list(paths))
+        for path, (lp_yes, lp_no) in zip(paths, scores):
             record: dict[str, Any] = {"image": str(path), "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
             if generate is not None:
                 text = generate(scorer.prompt_ids, [ImageRef(str(path))])
