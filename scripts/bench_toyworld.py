@@ -30,7 +30,7 @@ from yollava.concept import load_concept  # noqa: E402
 from yollava.config import load_config  # noqa: E402
 from yollava.data import NegativeSource  # noqa: E402
 from yollava.evaluate import recognition_accuracy, yollava_split  # noqa: E402
-from yollava.forward import FeatureCache  # noqa: E402
+from yollava.forward import PrefixCache  # noqa: E402
 from yollava.models import load_base  # noqa: E402
 from yollava.prompts import ChatFormat, RecognitionBank  # noqa: E402
 from yollava.storage import write_json_atomic, write_text_atomic  # noqa: E402
@@ -64,7 +64,7 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, con
         sample = random.Random(f"{args.seed}-{name}").sample(pool, args.negatives)
         source = NegativeSource(folder=str(link_folder(work / "negatives" / name, sample)))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, console=console)
+    result = train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, console=console)
     train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
 
     base = load_base(config.model)
@@ -72,7 +72,7 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, con
     fmt = ChatFormat.load(config.prompt.template)
     bank = RecognitionBank.load()
     test_pos, test_neg = yollava_split(data, name)
-    cache = FeatureCache(base)
+    cache = PrefixCache(base)  # every test image's prefix computed once, shared by the three methods below
     tokens = artifact.params.tokens
     trained = recognition_accuracy(base, fmt, tokens.soft_prompt, bank.eval_prompt(tokens.identifier), test_pos, test_neg, cache)
     # vanilla: the same question about the concept by its plain name, no soft prompt
@@ -85,7 +85,7 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, con
         "concept": name, "lookalike_of": subject.get("lookalike_of"), "differs_in": subject.get("differs_in"),
         "description": subject.get("description"),
         "trained": trained.summary(), "vanilla": vanilla.summary(), "described": described.summary(),
-        "train_cpu_s": train_cpu, "train_wall_s": train_wall,
+        "train_cpu_s": train_cpu, "train_wall_s": train_wall, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
     }
 
 
@@ -108,6 +108,7 @@ def summarize(results: list[dict]) -> dict:
         "lookalikes_weighted_mean": mean(look, "weighted"), "others_weighted_mean": mean(plain, "weighted"),
         "train_cpu_s_mean": statistics.fmean(r["train_cpu_s"] for r in results),
         "train_wall_s_mean": statistics.fmean(r["train_wall_s"] for r in results),
+        "epochs_run_mean": statistics.fmean(r["epochs_run"] for r in results) if all("epochs_run" in r for r in results) else None,
     }
 
 
