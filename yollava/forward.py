@@ -420,6 +420,8 @@ def suffix_forward(
 
 
 PrefixKey = tuple[tuple[int, ...], tuple[tuple[str, str], ...]]
+# A prefix forward computes at most this many bytes of entries at once (LLaVA-1.5-13B bf16: 2 images).
+PREFIX_BATCH_BYTES = 2**30
 
 
 @dataclass
@@ -441,8 +443,8 @@ class PrefixCache:
     The prefix (system text, ``USER:``, the image tokens: everything before the soft prompt) depends
     on no trainable row, so under causal attention its keys and values are the same at every step,
     epoch, concept and method. An entry holds ``layers x 2 x prefix tokens x kv width`` numbers:
-    LLaVA-1.5-13B in bf16, 40 x 2 x 611 x 5120 x 2 B = 0.50 GB per image; the toy LLaVA in fp32,
-    4 x 2 x 98 x 256 x 4 B = 0.8 MB.
+    LLaVA-1.5-13B in bf16, 40 x 2 x ~610 x 5120 x 2 B = 0.50 GB per image; the toy LLaVA in fp32,
+    4 x 2 x 95 x 256 x 4 B = 0.8 MB.
 
     Memory policy: entries stay on the model's device while ``device_gb`` lasts; then in host
     memory (pinned, copied to the device at each use) while ``cpu_gb`` lasts, when the device is
@@ -454,7 +456,7 @@ class PrefixCache:
     :func:`yollava.chat.greedy_generate_batch` take the suffix-only path when given one.
     """
 
-    def __init__(self, base: Base, features: FeatureCache | None = None, device_gb: float = 8.0, cpu_gb: float = 32.0, prefix_batch: int = 8):
+    def __init__(self, base: Base, features: FeatureCache | None = None, device_gb: float = 4.0, cpu_gb: float = 32.0, prefix_batch: int = 8):
         self.base = base
         self.features = features if features is not None else FeatureCache(base)
         self.device_budget = int(device_gb * 2**30)
@@ -497,8 +499,10 @@ class PrefixCache:
             by_length.setdefault(len(ids), []).append(index)
         device = self.base.device
         for length, indices in by_length.items():
-            for start in range(0, len(indices), self.prefix_batch):
-                chunk = indices[start : start + self.prefix_batch]
+            # the forward's cache and the entries cut from it hold two copies: cap the rows per forward by bytes
+            rows = max(1, min(self.prefix_batch, PREFIX_BATCH_BYTES // max(1, self.entry_bytes(length))))
+            for start in range(0, len(indices), rows):
+                chunk = indices[start : start + rows]
                 ids = torch.tensor([list(items[i][0]) for i in chunk], device=device)
                 refs = [r for i in chunk for r in items[i][1]]
                 features = self.features.get(refs) if refs else None
@@ -506,9 +510,10 @@ class PrefixCache:
                 past = DynamicCache()
                 positions = torch.arange(length, device=device).unsqueeze(0).expand(len(chunk), -1)
                 run_language_model(self.base, embeds, torch.ones_like(ids), positions, past, torch.arange(length, device=device))
-                stacked = torch.stack([torch.stack([k, v]) for k, v in layer_tensors(past)])  # [L, 2, B, h, T, d]
+                layers = layer_tensors(past)
                 for row, index in enumerate(chunk):
-                    out[index] = stacked[:, :, row].clone()
+                    out[index] = torch.stack([torch.stack([k[row], v[row]]) for k, v in layers])  # [L, 2, h, T, d], one copy
+                del layers, past
                 self.stats.computed += len(chunk)
         return out  # type: ignore[return-value]
 
@@ -520,7 +525,11 @@ class PrefixCache:
             self.stats.on_device += 1
         elif self.stats.cpu_bytes + size <= self.cpu_budget:
             host = entry.to("cpu")
-            self._entries[key] = host.pin_memory() if torch.cuda.is_available() else host
+            try:  # pinned pages copy to the device asynchronously; plain ones still work if pinning is refused
+                host = host.pin_memory()
+            except RuntimeError:
+                pass
+            self._entries[key] = host
             self.stats.cpu_bytes += size
             self.stats.on_cpu += 1
         else:
