@@ -199,25 +199,44 @@ class ReferenceRunner:
         reference_logprobs(self.base, self.prompt_ids, ImageRef(str(self.images[self.cursor % len(self.images)])))
 
 
-def measure_depth(yol: YollavaRunner, ref: ReferenceRunner, args, timings: Timings) -> dict:
-    """``args.steps`` interleaved rounds of every figure (after one untimed warm-up round); medians."""
+def set_depth(base, layers: int) -> None:
+    """Run only the first ``layers`` decoder layers (transformers' Llama loops over ``layers[:num_hidden_layers]``)."""
+    for config in {id(c): c for c in (base.model.model.language_model.config, base.model.config.text_config)}.values():
+        config.num_hidden_layers = layers
+
+
+def measure(runners: dict[int, "YollavaRunner"], ref: "ReferenceRunner", base, args, timings: dict[int, Timings]) -> dict[int, dict]:
+    """``args.steps`` rounds, each timing every figure at every depth in turn (after one untimed warm-up round); medians.
+
+    Interleaving the depths as well as the two loops keeps a change of machine load from showing up
+    as a difference between depths, which the 40-layer extrapolation multiplies by 39.
+    """
     size = args.batch_size
-    plan = [("reference.step_b1", ref.step, 1), ("yollava.step_b1", lambda: yol.step(1), 1)]
-    if size > 1:
-        plan.append((f"yollava.step_b{size}", lambda: yol.step(size), 1))
-    plan += [("reference.score_per_image", ref.score, 1), ("yollava.score_per_image", yol.score, len(yol.images)),
-             ("yollava.prefix_recompute_per_image", yol.recompute, 1)]
+
+    def plan(yol: "YollavaRunner"):
+        rows = [("reference.step_b1", ref.step, 1), ("yollava.step_b1", lambda: yol.step(1), 1)]
+        if size > 1:
+            rows.append((f"yollava.step_b{size}", lambda: yol.step(size), 1))
+        return rows + [("reference.score_per_image", ref.score, 1), ("yollava.score_per_image", yol.score, len(yol.images)),
+                       ("yollava.prefix_recompute_per_image", yol.recompute, 1)]
+
     with ref.loop:
-        for _, fn, _ in plan:  # warm-up
-            fn()
-        for _ in range(args.steps):
-            for name, fn, per in plan:
-                timings(name, fn, per)
-    out: dict = {"yollava": {}, "reference": {}}
-    for name in timings.samples:
-        who, figure = name.split(".", 1)
-        out[who][figure] = timings.median(name)
-    out["yollava"]["prefix_cache"] = dataclasses.asdict(yol.cache.stats)
+        for round_index in range(args.steps + 1):
+            for depth, yol in runners.items():
+                set_depth(base, depth)
+                for name, fn, per in plan(yol):
+                    if round_index:
+                        timings[depth](name, fn, per)
+                    else:
+                        fn()  # warm-up
+    out: dict[int, dict] = {}
+    for depth, yol in runners.items():
+        out[depth] = {"yollava": {}, "reference": {}}
+        for name in timings[depth].samples:
+            who, figure = name.split(".", 1)
+            out[depth][who][figure] = timings[depth].median(name)
+        out[depth]["yollava"]["prefix_cache"] = dataclasses.asdict(yol.cache.stats)
+    set_depth(base, max(runners))
     return out
 
 
@@ -346,6 +365,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="distinct images the steps cycle through (each its own prefix)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) or cpu")
+    parser.add_argument("--clock", default="auto", choices=["auto", "wall", "cpu"],
+                        help="what the ratios use: auto = process CPU time on one CPU thread (robust to other load), else wall time")
     parser.add_argument("--prefix-cache-gb", type=float, default=4.0, help="device budget of the prefix cache (train.prefix_cache_gb)")
     parser.add_argument("--prefix-cache-cpu-gb", type=float, default=32.0, help="host budget, for the 40-layer per-concept estimate under a budget")
     parser.add_argument("--h2d-gbps", type=float, default=25.0, help="host-to-device copy rate for that estimate (PCIe 4 x16, pinned)")
@@ -383,63 +404,62 @@ def main() -> None:
                                    RecognitionBank.load().eval_prompt(params.tokens.identifier), FeatureCache(base)).prompt_ids
     say(f"sample: {total} tokens = prefix {prefix_len} (system text, USER:, image) + suffix {suffix_len} ({supervised} supervised)")
     depths = [base.model.config.text_config.num_hidden_layers]
-    measured: dict[int, dict] = {}
-    memory: dict[str, int] = {}
-    loop = None
-    for round_index in range(2 if args.model == "scale" else 1):
-        if round_index:
-            add_decoder_layer(base)
-            depths.append(base.model.config.text_config.num_hidden_layers)
-        depth = depths[-1]
-        timings = Timings(device)
-        gc.collect()
-        with PeakMemory(device) as mem:  # yollava's memory first, before the reference allocates its matrices
-            yol = YollavaRunner(base, params, samples, images, args, timings)
-            yol.step(1)
-            if args.batch_size > 1:
-                yol.step(args.batch_size)
-            yol.score()
-        if loop is None:
-            with PeakMemory(device) as ref_mem:
-                loop = ReferenceLoop(base, ids, ref_init, lr=1e-3)
-                ref = ReferenceRunner(base, loop, samples, images, prompt_ids)
-                with loop:
-                    ref.step()
-                    ref.score()
-            memory = {"yollava_peak_bytes": mem.peak, "reference_peak_bytes": ref_mem.peak}
-        measured[depth] = measure_depth(yol, ref, args, timings)
+    # one CPU thread: process CPU time, which other processes' load barely moves; else wall time (GPU: synchronised)
+    clock = args.clock if args.clock != "auto" else ("cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall")
+    key = f"{clock}_s"
+    L = depths[0]
+    timings = {L: Timings(device)}
+    gc.collect()
+    with PeakMemory(device) as mem:  # yollava's memory first, before the reference allocates its matrices
+        runners = {L: YollavaRunner(base, params, samples, images, args, timings[L])}
+        runners[L].step(1)
+        if args.batch_size > 1:
+            runners[L].step(args.batch_size)
+        runners[L].score()
+    with PeakMemory(device) as ref_mem:
+        loop = ReferenceLoop(base, ids, ref_init, lr=1e-3)
+        ref = ReferenceRunner(base, loop, samples, images, prompt_ids)
+        with loop:
+            ref.step()
+            ref.score()
+    memory = {"yollava_peak_bytes": mem.peak, "reference_peak_bytes": ref_mem.peak}
+    if args.model == "scale":  # one more identical layer: the per-layer cost, measured
+        add_decoder_layer(base)
+        depths.append(L + 1)
+        timings[L + 1] = Timings(device)
+        runners[L + 1] = YollavaRunner(base, params, samples, images, args, timings[L + 1])  # its prefixes have L+1 layers
+    measured = measure(runners, ref, base, args, timings)
+    for depth in depths:
         y, r = measured[depth]["yollava"], measured[depth]["reference"]
-        say(f"{depth} layer(s): step reference {r['step_b1']['wall_s']:.3f} s, yollava {y['step_b1']['wall_s']:.3f} s "
-            f"({r['step_b1']['wall_s'] / y['step_b1']['wall_s']:.1f}x wall, {r['step_b1']['cpu_s'] / y['step_b1']['cpu_s']:.1f}x CPU)"
-            + (f", yollava batch {args.batch_size} {y[f'step_b{args.batch_size}']['wall_s'] / args.batch_size:.3f} s/sample" if args.batch_size > 1 else "")
-            + f"; score reference {r['score_per_image']['wall_s']:.3f} s, yollava {y['score_per_image']['wall_s']:.4f} s per image; "
-            f"prefix {y['prefix_per_image']['wall_s']:.3f} s per image (recomputed {y['prefix_recompute_per_image']['wall_s']:.3f} s)")
-        del yol
-        gc.collect()
+        say(f"{depth} layer(s), {clock}: step reference {r['step_b1'][key]:.3f} s, yollava {y['step_b1'][key]:.3f} s "
+            f"({r['step_b1'][key] / y['step_b1'][key]:.1f}x)"
+            + (f", yollava batch {args.batch_size} {y[f'step_b{args.batch_size}'][key] / args.batch_size:.3f} s/sample" if args.batch_size > 1 else "")
+            + f"; score reference {r['score_per_image'][key]:.3f} s, yollava {y['score_per_image'][key]:.4f} s per image; "
+            f"prefix {y['prefix_per_image'][key]:.3f} s per image (recomputed {y['prefix_recompute_per_image'][key]:.3f} s)")
 
     arch = F.arch_of(base.model.config)
-    L = depths[0]
     at = measured[L]
     batch_key = f"step_b{args.batch_size}"
     result: dict = {
-        "model": args.model, "layers": L, "device": str(device), "dtype": str(base.dtype), "threads": torch.get_num_threads(),
+        "model": args.model, "layers": L, "device": str(device), "dtype": str(base.dtype), "threads": torch.get_num_threads(), "clock": clock,
         "tokens": {"total": total, "prefix": prefix_len, "suffix": suffix_len, "supervised": supervised},
         "measured": {str(k): v for k, v in measured.items()}, "memory": memory,
     }
-    result["per_step_ratio"] = at["reference"]["step_b1"]["wall_s"] / at["yollava"]["step_b1"]["wall_s"]
+    result["per_step_ratio"] = at["reference"]["step_b1"][key] / at["yollava"]["step_b1"][key]
+    result["per_step_ratio_wall"] = at["reference"]["step_b1"]["wall_s"] / at["yollava"]["step_b1"]["wall_s"]
     result["per_step_ratio_cpu"] = at["reference"]["step_b1"]["cpu_s"] / at["yollava"]["step_b1"]["cpu_s"]
     if batch_key in at["yollava"]:
-        result["per_sample_ratio_batched"] = at["reference"]["step_b1"]["wall_s"] / (at["yollava"][batch_key]["wall_s"] / args.batch_size)
+        result["per_sample_ratio_batched"] = at["reference"]["step_b1"][key] / (at["yollava"][batch_key][key] / args.batch_size)
     epochs = args.epochs_run if args.epochs_run is not None else RECIPE["reference_epochs"]
-    result["per_concept"] = per_concept(at["yollava"], at["reference"], batch_key, epochs)
+    result["per_concept"] = per_concept(at["yollava"], at["reference"], batch_key, epochs, key=key)
     result["per_concept"]["epochs_yollava"] = epochs
     result["per_concept_ratio"] = result["per_concept"]["ratio_b1"]
     flops_l = flop_figures(arch.with_layers(L), prefix_len, suffix_len, supervised, total, len(prompt_ids))
     result["flops"] = {str(L): flops_l}
     result["flop_ratio_step"] = flops_l["reference_step"] / flops_l["yollava_step"]
     result["achieved_flops_per_s"] = {
-        "reference_step": flops_l["reference_step"] / at["reference"]["step_b1"]["wall_s"],
-        "yollava_step": flops_l["yollava_step"] / at["yollava"]["step_b1"]["wall_s"],
+        "reference_step": flops_l["reference_step"] / at["reference"]["step_b1"][key],
+        "yollava_step": flops_l["yollava_step"] / at["yollava"]["step_b1"][key],
     }
     peak = device_peak(device)
     if peak:
@@ -455,16 +475,17 @@ def main() -> None:
         y40 = {k: at40("yollava", k) for k in at["yollava"] if k.startswith(("step_", "score_", "prefix_per", "prefix_recompute"))}
         r40 = {k: at40("reference", k) for k in at["reference"] if k.startswith(("step_", "score_"))}
         result["extrapolated_40_layers"] = {"yollava": y40, "reference": r40}
-        result["per_step_ratio_40_layers"] = r40["step_b1"]["wall_s"] / y40["step_b1"]["wall_s"]
+        result["per_step_ratio_40_layers"] = r40["step_b1"][key] / y40["step_b1"][key]
+        result["per_step_ratio_40_layers_wall"] = r40["step_b1"]["wall_s"] / y40["step_b1"]["wall_s"]
         result["per_step_ratio_40_layers_cpu"] = r40["step_b1"]["cpu_s"] / y40["step_b1"]["cpu_s"]
         if batch_key in y40:
-            result["per_sample_ratio_batched_40_layers"] = r40["step_b1"]["wall_s"] / (y40[batch_key]["wall_s"] / args.batch_size)
-        result["per_concept_40_layers"] = per_concept(y40, r40, batch_key, epochs)
+            result["per_sample_ratio_batched_40_layers"] = r40["step_b1"][key] / (y40[batch_key][key] / args.batch_size)
+        result["per_concept_40_layers"] = per_concept(y40, r40, batch_key, epochs, key=key)
         result["per_concept_ratio_40_layers"] = result["per_concept_40_layers"]["ratio_b1"]
         # the same under a cache budget: 40 layers x 2 x prefix x kv width, in bf16 as on a GPU
         entry_40 = 40 * 2 * prefix_len * arch.kv_heads * arch.head_dim * 2
         kept = (int(args.prefix_cache_gb * 2**30 // entry_40), int(args.prefix_cache_cpu_gb * 2**30 // entry_40), entry_40 / (args.h2d_gbps * 1e9))
-        result["per_concept_40_layers_budget"] = {**per_concept(y40, r40, batch_key, epochs, kept=kept), "entry_bytes_bf16": entry_40,
+        result["per_concept_40_layers_budget"] = {**per_concept(y40, r40, batch_key, epochs, kept=kept, key=key), "entry_bytes_bf16": entry_40,
                                                   "device_gb": args.prefix_cache_gb, "cpu_gb": args.prefix_cache_cpu_gb, "h2d_gbps": args.h2d_gbps}
         flops_40 = flop_figures(arch.with_layers(LLAVA_13B_LAYERS), prefix_len, suffix_len, supervised, total, len(prompt_ids))
         result["flops"]["40"] = flops_40
@@ -474,7 +495,8 @@ def main() -> None:
             parser.error("--concept needs --data (a toy world)")
         result["concepts"] = run_concepts(base, args, say)
     say("")
-    say(f"per step: {result['per_step_ratio']:.1f}x measured at {L} layer(s) (CPU time {result['per_step_ratio_cpu']:.1f}x; FLOPs {result['flop_ratio_step']:.1f}x)"
+    say(f"per step ({clock} time): {result['per_step_ratio']:.1f}x measured at {L} layer(s) (wall {result['per_step_ratio_wall']:.1f}x, "
+        f"CPU {result['per_step_ratio_cpu']:.1f}x; FLOPs {result['flop_ratio_step']:.1f}x)"
         + (f"; batch {args.batch_size}: {result['per_sample_ratio_batched']:.1f}x per sample" if "per_sample_ratio_batched" in result else ""))
     if result["per_step_ratio_40_layers"] is not None:
         say(f"per step at 40 layers (linear in depth): {result['per_step_ratio_40_layers']:.1f}x (FLOPs {result['flop_ratio_step_40_layers']:.1f}x); "
