@@ -44,7 +44,9 @@ from yollava.bench.scale import LLAVA_13B_LAYERS, add_decoder_layer, build_scale
 from yollava.concept import attach, concept_slots, init_concept  # noqa: E402
 from yollava.config import ConceptConfig, HeadRows, ModelConfig  # noqa: E402
 from yollava.evaluate import RecognitionScorer  # noqa: E402
-from yollava.forward import FeatureCache, ImageRef, PrefixCache, collate, prefix_items, split_lengths, supervised_loss  # noqa: E402
+from yollava.forward import (  # noqa: E402
+    FeatureCache, ImageRef, PrefixCache, collate, image_features, pixel_values, prefix_items, split_lengths, supervised_loss,
+)
 from yollava.models import build_tiny_base, load_base  # noqa: E402
 from yollava.prompts import ChatFormat, RecognitionBank, Turn, encode, render  # noqa: E402
 
@@ -163,7 +165,7 @@ class YollavaRunner:
         self.optimizer = torch.optim.AdamW([params.embed_rows, params.head_rows], lr=1e-3)
         self.pad = base.tokenizer.pad_token_id or 0
         self.cache = PrefixCache(base, FeatureCache(base), device_gb=args.prefix_cache_gb)
-        timings("yollava.prefix_per_image", lambda: self.cache.warm(prefix_items(base, samples)), per=len(images))
+        timings("yollava.warm_per_image", lambda: self.cache.warm(prefix_items(base, samples)), per=len(images))
         self.scorer = RecognitionScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt,
                                         RecognitionBank.load().eval_prompt(params.tokens.identifier), self.cache)
         self.cursor = 0
@@ -182,6 +184,10 @@ class YollavaRunner:
     def recompute(self) -> None:
         """What a prefix that did not fit the budget costs at each use (its image features stay cached)."""
         self.cache._compute(prefix_items(self.base, self.samples[:1]))
+
+    def tower(self) -> None:
+        """The vision tower + projector on one image: the other half of a prefix's first computation."""
+        image_features(self.base, pixel_values(self.base, [ImageRef(str(self.images[0])).load()]))
 
 
 class ReferenceRunner:
@@ -218,7 +224,7 @@ def measure(runners: dict[int, "YollavaRunner"], ref: "ReferenceRunner", base, a
         if size > 1:
             rows.append((f"yollava.step_b{size}", lambda: yol.step(size), 1))
         return rows + [("reference.score_per_image", ref.score, 1), ("yollava.score_per_image", yol.score, len(yol.images)),
-                       ("yollava.prefix_recompute_per_image", yol.recompute, 1)]
+                       ("yollava.prefix_recompute_per_image", yol.recompute, 1), ("yollava.tower_per_image", yol.tower, 1)]
 
     with ref.loop:
         for round_index in range(args.steps + 1):
@@ -235,7 +241,10 @@ def measure(runners: dict[int, "YollavaRunner"], ref: "ReferenceRunner", base, a
         for name in timings[depth].samples:
             who, figure = name.split(".", 1)
             out[depth][who][figure] = timings[depth].median(name)
-        out[depth]["yollava"]["prefix_cache"] = dataclasses.asdict(yol.cache.stats)
+        y = out[depth]["yollava"]
+        # a prefix's first computation: its image through the tower, then the prefix forward (medians of both)
+        y["prefix_per_image"] = {k: y["tower_per_image"][k] + y["prefix_recompute_per_image"][k] for k in ("wall_s", "cpu_s")}
+        y["prefix_cache"] = dataclasses.asdict(yol.cache.stats)
     set_depth(base, max(runners))
     return out
 
@@ -245,7 +254,8 @@ def extrapolate(at_l: float, at_l1: float, layers: int, target: int = LLAVA_13B_
     return at_l + (target - layers) * (at_l1 - at_l)
 
 
-def per_concept(yol: dict, ref: dict, batch_key: str, epochs_yollava: float, kept: tuple[int, int, float] | None = None, key: str = "wall_s") -> dict:
+def per_concept(yol: dict, ref: dict, batch_key: str, epochs_yollava: float, kept: tuple[int, int, float] | None = None, key: str = "wall_s",
+                epochs_batched: float | None = None) -> dict:
     """Seconds per concept from unit costs and the recipe's counts: training, per-epoch scoring, yollava's prefixes.
 
     ``kept``: (prefixes the device budget holds, prefixes the host budget holds, seconds to copy one
@@ -261,10 +271,11 @@ def per_concept(yol: dict, ref: dict, batch_key: str, epochs_yollava: float, kep
     recomputed = max(0, total - on_device - on_host)
 
     def ours(step_key: str, per_step_samples: int) -> float:
+        epochs = epochs_yollava if per_step_samples == 1 or epochs_batched is None else epochs_batched
         steps = -(-r["samples_per_epoch"] // per_step_samples)
         epoch = steps * yol[step_key][key] + r["images_scored_per_epoch"] * yol["score_per_image"][key]
         epoch += 2 * recomputed * yol["prefix_recompute_per_image"][key] + 2 * on_host * copy_s
-        return r["images"] * yol["prefix_per_image"][key] + epochs_yollava * epoch
+        return r["images"] * yol["prefix_per_image"][key] + epochs * epoch
 
     out = {"reference_s": reference, "yollava_b1_s": ours("step_b1", 1), "prefixes_on_host": on_host, "prefixes_recomputed": recomputed}
     out["ratio_b1"] = reference / out["yollava_b1_s"]
@@ -372,6 +383,7 @@ def main() -> None:
     parser.add_argument("--h2d-gbps", type=float, default=25.0, help="host-to-device copy rate for that estimate (PCIe 4 x16, pinned)")
     parser.add_argument("--epochs-run", type=float, default=None,
                         help="yollava's mean epochs per concept with early stop (e.g. from a toy bench); default: 15, no early-stop credit")
+    parser.add_argument("--epochs-run-batched", type=float, default=None, help="the same for the batched recipe (default: --epochs-run)")
     parser.add_argument("--concept", nargs="*", default=[], help="toy-world concepts to run both recipes on end to end (needs --data)")
     parser.add_argument("--data", type=Path, default=None, help="toy world from `yollava toy generate` (for --concept)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for --concept runs")
@@ -451,8 +463,10 @@ def main() -> None:
     if batch_key in at["yollava"]:
         result["per_sample_ratio_batched"] = at["reference"]["step_b1"][key] / (at["yollava"][batch_key][key] / args.batch_size)
     epochs = args.epochs_run if args.epochs_run is not None else RECIPE["reference_epochs"]
-    result["per_concept"] = per_concept(at["yollava"], at["reference"], batch_key, epochs, key=key)
+    epochs_batched = args.epochs_run_batched if args.epochs_run_batched is not None else epochs
+    result["per_concept"] = per_concept(at["yollava"], at["reference"], batch_key, epochs, key=key, epochs_batched=epochs_batched)
     result["per_concept"]["epochs_yollava"] = epochs
+    result["per_concept"]["epochs_yollava_batched"] = epochs_batched
     result["per_concept_ratio"] = result["per_concept"]["ratio_b1"]
     flops_l = flop_figures(arch.with_layers(L), prefix_len, suffix_len, supervised, total, len(prompt_ids))
     result["flops"] = {str(L): flops_l}
@@ -480,12 +494,12 @@ def main() -> None:
         result["per_step_ratio_40_layers_cpu"] = r40["step_b1"]["cpu_s"] / y40["step_b1"]["cpu_s"]
         if batch_key in y40:
             result["per_sample_ratio_batched_40_layers"] = r40["step_b1"][key] / (y40[batch_key][key] / args.batch_size)
-        result["per_concept_40_layers"] = per_concept(y40, r40, batch_key, epochs, key=key)
+        result["per_concept_40_layers"] = per_concept(y40, r40, batch_key, epochs, key=key, epochs_batched=epochs_batched)
         result["per_concept_ratio_40_layers"] = result["per_concept_40_layers"]["ratio_b1"]
         # the same under a cache budget: 40 layers x 2 x prefix x kv width, in bf16 as on a GPU
         entry_40 = 40 * 2 * prefix_len * arch.kv_heads * arch.head_dim * 2
         kept = (int(args.prefix_cache_gb * 2**30 // entry_40), int(args.prefix_cache_cpu_gb * 2**30 // entry_40), entry_40 / (args.h2d_gbps * 1e9))
-        result["per_concept_40_layers_budget"] = {**per_concept(y40, r40, batch_key, epochs, kept=kept, key=key), "entry_bytes_bf16": entry_40,
+        result["per_concept_40_layers_budget"] = {**per_concept(y40, r40, batch_key, epochs, kept=kept, key=key, epochs_batched=epochs_batched), "entry_bytes_bf16": entry_40,
                                                   "device_gb": args.prefix_cache_gb, "cpu_gb": args.prefix_cache_cpu_gb, "h2d_gbps": args.h2d_gbps}
         flops_40 = flop_figures(arch.with_layers(LLAVA_13B_LAYERS), prefix_len, suffix_len, supervised, total, len(prompt_ids))
         result["flops"]["40"] = flops_40
