@@ -510,31 +510,45 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, *, device: str | torch.device | 
     except ValueError:
         raise YollavaError(f"unknown embedder '{name}'; choose one of: {', '.join(e.value for e in EmbedderName)}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if choice is EmbedderName.TINY:
-        model, preprocess = create_tiny_clip()
-    elif choice is EmbedderName.TOY:
-        try:
-            from yollava.toyworld.clip import create_toy_clip
-        except ImportError as exc:
-            raise YollavaError(f"embedder 'toy' needs the toy world (yollava.toyworld.clip), which is not available: {exc}") from exc
-        with _quiet_open_clip():
-            model, preprocess, _ = create_toy_clip(pretrained=True)
-    else:
-        import open_clip
-
-        spec = OPEN_CLIP_EMBEDDERS[choice]
-        try:
-            with _quiet_open_clip():
-                model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained)
-        except (RuntimeError, OSError) as exc:
-            raise YollavaError(
-                f"embedder '{name}' ({spec.model} {spec.pretrained}) could not be loaded: {str(exc).splitlines()[0][:160]}; "
-                "its weights come from the Hugging Face hub (cached after the first download): connect once, "
-                "or use --embedder toy / tiny offline"
-            ) from exc
-        model.eval()
+    builder = EMBEDDER_BUILDERS.get(choice) or (lambda: _build_open_clip(choice))
+    model, preprocess = builder()
     model.to(device)
     return Embedder(choice.value, model, preprocess, device=device, batch_size=batch_size)
+
+
+def _build_toy() -> tuple[torch.nn.Module, Callable]:
+    try:
+        from yollava.toyworld.clip import create_toy_clip
+    except ImportError as exc:
+        raise YollavaError(f"embedder 'toy' needs the toy world (yollava.toyworld.clip), which is not available: {exc}") from exc
+
+    with _quiet_open_clip():
+        model, preprocess, _ = create_toy_clip(pretrained=True)
+    return model, preprocess
+
+
+def _build_open_clip(choice: EmbedderName) -> tuple[torch.nn.Module, Callable]:
+    import open_clip
+
+    spec = OPEN_CLIP_EMBEDDERS[choice]
+    try:
+        with _quiet_open_clip():
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained)
+    except (RuntimeError, OSError) as exc:
+        raise YollavaError(
+            f"embedder '{choice.value}' ({spec.model} {spec.pretrained}) could not be loaded: {str(exc).splitlines()[0][:160]}; "
+            "its weights come from the Hugging Face hub (cached after the first download): connect once, "
+            "or use --embedder toy / tiny offline"
+        ) from exc
+    model.eval()
+    return model, preprocess
+
+
+# Embedders built locally, by name; the others are open_clip hub models (OPEN_CLIP_EMBEDDERS).
+EMBEDDER_BUILDERS: dict[EmbedderName, Callable[[], tuple[torch.nn.Module, Callable]]] = {
+    EmbedderName.TINY: create_tiny_clip,
+    EmbedderName.TOY: _build_toy,
+}
 
 
 def as_embedder(embedder: Embedder | str | None, default: str = DEFAULT_EMBEDDER) -> Embedder:
