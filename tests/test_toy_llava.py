@@ -12,7 +12,7 @@ from transformers import LlavaForConditionalGeneration
 from yollava.chat import greedy_generate
 from yollava.concept import attach, init_concept
 from yollava.config import ConceptConfig, ModelConfig
-from yollava.evaluate import RecognitionScorer
+from yollava.evaluate import YesNoScorer
 from yollava.forward import FeatureCache, ImageRef
 from yollava.models import load_base
 from yollava.prompts import ChatFormat, Turn, encode, render
@@ -96,7 +96,7 @@ def test_concept_tokens_and_yes_no_scoring(fmt, base):
     assert len(ids) == 17 and min(ids) >= base.base_tokenizer_size
     soft = base.tokenizer(params.tokens.soft_prompt, add_special_tokens=False)["input_ids"]
     assert soft == [ids[0], base.tokenizer.convert_tokens_to_ids("is"), *ids[1:], base.tokenizer.convert_tokens_to_ids(".")]
-    scorer = RecognitionScorer(base, fmt, params.tokens.soft_prompt, "Is <bo> in this photo?", FeatureCache(base))
+    scorer = YesNoScorer(base, fmt, params.tokens.soft_prompt, "Is <bo> in this photo?", FeatureCache(base))
     assert base.tokenizer.convert_ids_to_tokens([scorer.yes_id, scorer.no_id]) == ["Yes", "No"]
 
 
@@ -113,7 +113,7 @@ def _presence(base, fmt, scenes, introduce: bool) -> tuple[float, float]:
             prefix, question = f"<x05> is {describe_subject(subject)}.", "Can you see if <x05> is in this photo? Answer with a single word or phrase."
         else:
             prefix, question = "", f"Is there {describe_subject(subject)} in this photo?"
-        (lp_yes, lp_no), = RecognitionScorer(base, fmt, prefix, question, cache).p_yes([path])
+        (lp_yes, lp_no), = YesNoScorer(base, fmt, prefix, question, cache).logprobs([path])
         predictions.append(lp_yes > lp_no)
         truth.append(positive)
     accuracy = sum(p == t for p, t in zip(predictions, truth)) / len(truth)

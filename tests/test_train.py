@@ -68,14 +68,14 @@ def test_run_writes_config_metrics_and_concept(tiny_base, tiny_config, image_dir
 def script_scores(monkeypatch, weighted: list[float]) -> None:
     """Make the per-epoch recognition scores follow ``weighted`` (the tiny model's sit at chance)."""
     scores = iter(weighted)
-    real = train_module._score_training_images
+    real = train_module.evaluate_concept
 
     def fake_scores(*args, **kwargs):
         result = real(*args, **kwargs)
         result.weighted = next(scores)
         return result
 
-    monkeypatch.setattr(train_module, "_score_training_images", fake_scores)
+    monkeypatch.setattr(train_module, "evaluate_concept", fake_scores)
 
 
 def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrup
 
     tiny_config.train.epochs = 3
     calls = {"n": 0}
-    real = train_module._score_training_images
+    real = train_module.evaluate_concept
 
     def crash_in_epoch_two(*args, **kwargs):
         calls["n"] += 1
@@ -132,11 +132,11 @@ def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrup
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_score_training_images", crash_in_epoch_two)
+    monkeypatch.setattr(train_module, "evaluate_concept", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train_concept(tiny_config, "bo", pos, neg, store=store, overwrite=True, base=build_tiny_base())
     assert {name: (store / "bo" / name).read_bytes() for name in before} == before
-    monkeypatch.setattr(train_module, "_score_training_images", real)
+    monkeypatch.setattr(train_module, "evaluate_concept", real)
 
     resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
     assert len(resumed.history) == 3

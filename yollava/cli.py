@@ -154,17 +154,18 @@ def build_data(
     """Build a concept's training set (recognition + conversation samples) as an HF dataset."""
     from yollava.concept import validate_name
     from yollava.config import load_config
-    from yollava.data import gather_images, prepare_training_set, resolve_recipe
+    from yollava.forward import FeatureCache
     from yollava.models import load_base
+    from yollava.prepare import build_samples, gather_inputs
 
     cfg = load_config(config, _overrides(model, overrides, **{"data.recipe": recipe, "data.category": category}))
     validate_name(concept)
     source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
-    image_sets = gather_images(concept, images, store, source, cfg.data)
-    resolve_recipe(cfg.data.recipe, image_sets)  # fail before the (slow) base load
+    inputs = gather_inputs(concept, images, source, store, cfg)  # fails before the (slow) base load
     base = load_base(cfg.model)
-    samples, info = prepare_training_set(base, concept, image_sets, store, cfg.data, cfg.prompt.template, err, rebuild=overwrite)
-    err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(samples)} samples {info['counts']} in {store / concept / 'data'}")
+    built = build_samples(inputs, base, store, cfg, FeatureCache(base), err, rebuild=overwrite)
+    info = built.info
+    err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(built.samples)} samples {info['counts']} in {store / concept / 'data'}")
 
 
 def _load_for_chat(model: Optional[str], concepts: list[str], store: Path):
@@ -250,23 +251,19 @@ def evaluate(
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also score greedy answers (any answer that is not Yes/No counts as wrong)"),
 ) -> None:
     """Recognition accuracy: the subject's test photos are positives, other subjects' negatives."""
-    from yollava.chat import greedy_generate
-    from yollava.evaluate import recognition_accuracy, yollava_split
+    from yollava.evaluate import Prompting, evaluate_concept, yollava_split
     from yollava.forward import FeatureCache
-    from yollava.prompts import ChatFormat, RecognitionBank
-    from yollava.storage import write_json_atomic
     from yollava.progress import progress_bar
+    from yollava.prompts import ChatFormat
+    from yollava.storage import write_json_atomic
 
     positives, negatives = yollava_split(data, subject or concept)
     base, artifacts, cfg = _load_for_chat(model, [concept], store)
-    tokens = artifacts[0].params.tokens
-    cache = FeatureCache(base)
-    generate = (lambda ids, refs: greedy_generate(base, ids, refs, cache, max_new_tokens=8)) if generation else None
     with progress_bar(err) as progress:
         task = progress.add_task("eval", total=len(positives) + len(negatives), info="")
-        result = recognition_accuracy(
-            base, ChatFormat.load(cfg.prompt.template), tokens.soft_prompt, RecognitionBank.load().eval_prompt(tokens.identifier),
-            positives, negatives, cache, generate, lambda n: progress.update(task, advance=n),
+        result = evaluate_concept(
+            base, Prompting.soft_prompt(artifacts[0].params.tokens), positives, negatives, FeatureCache(base),
+            ChatFormat.load(cfg.prompt.template), generation=generation, progress=lambda n: progress.update(task, advance=n),
         )
     table = Table(title=f"recognition: <{concept}> on {data}")
     for column in ("scoring", "positive", "negative", "weighted", "n pos", "n neg"):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -63,24 +64,42 @@ class ConceptTokens:
             return f"{self.identifier}."
         return f"{self.identifier} is {''.join(self.latents)}."
 
-    def head_tokens(self, head_rows: HeadRows) -> list[str]:
-        return [self.identifier] if head_rows == HeadRows.identifier else self.all
+    def head_tokens(self, head_mode: HeadRows) -> list[str]:
+        """The tokens that get a trained output-head row under ``head_mode``."""
+        return [self.identifier] if head_mode == HeadRows.identifier else self.all
 
 
 class ConceptParams(nn.Module):
-    """The only trainable numbers of a concept: (k+1) embedding rows and r output-head rows (fp32)."""
+    """The only trainable numbers of a concept: (k+1) embedding rows and r output-head rows (fp32).
 
-    def __init__(self, tokens: ConceptTokens, head_rows: HeadRows, embed_rows: torch.Tensor, head_weights: torch.Tensor):
+    Attributes:
+        tokens: the concept's token strings.
+        head_mode: which tokens have a head row (:class:`HeadRows`, config ``concept.head_rows``).
+        embed_rows: ``[k+1, hidden]`` input-embedding rows, identifier first.
+        head_rows: ``[r, hidden]`` output-head rows, r = 1 (identifier) or k+1 (all).
+    """
+
+    def __init__(self, tokens: ConceptTokens, head_mode: HeadRows, embed_rows: torch.Tensor, head_rows: torch.Tensor):
         super().__init__()
-        expected_head = len(tokens.head_tokens(head_rows))
-        if embed_rows.shape[0] != tokens.k + 1 or head_weights.shape[0] != expected_head:
+        expected_head = len(tokens.head_tokens(head_mode))
+        if embed_rows.shape[0] != tokens.k + 1 or head_rows.shape[0] != expected_head:
             raise ValueError(
-                f"row counts {tuple(embed_rows.shape)}, {tuple(head_weights.shape)} do not fit k={tokens.k}, head_rows={head_rows.value}"
+                f"row counts {tuple(embed_rows.shape)}, {tuple(head_rows.shape)} do not fit k={tokens.k}, head rows={head_mode.value}"
             )
         self.tokens = tokens
-        self.head_mode = head_rows
+        self.head_mode = head_mode
         self.embed_rows = nn.Parameter(embed_rows.detach().float().clone())
-        self.head_rows = nn.Parameter(head_weights.detach().float().clone())
+        self.head_rows = nn.Parameter(head_rows.detach().float().clone())
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """Detached copies of both tables (what a checkpoint or the best epoch keeps)."""
+        return {"embed_rows": self.embed_rows.detach().clone(), "head_rows": self.head_rows.detach().clone()}
+
+    def load_rows(self, rows: dict[str, torch.Tensor]) -> None:
+        """Overwrite both tables in place (the optimizer keeps pointing at the same parameters)."""
+        with torch.no_grad():
+            self.embed_rows.copy_(rows["embed_rows"])
+            self.head_rows.copy_(rows["head_rows"])
 
     @property
     def head_tokens(self) -> list[str]:
@@ -146,6 +165,7 @@ class ConceptEmbedding(nn.Module):
         return self.base.weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.slots.refuse_detached(input_ids)
         table, ids = self.slots.embed_table()
         if ids.numel() == 0:
             return self.base(input_ids)
@@ -192,20 +212,38 @@ class ConceptHead(nn.Module):
 
 
 class ConceptSlots(nn.Module):
-    """Token ids → rows of the attached concepts' tables (several concepts at once)."""
+    """Token ids → rows of the attached concepts' tables (several concepts at once).
+
+    A detached concept's tokens stay in the tokenizer (it cannot forget them) but are retired: they
+    get the lowest logit, and a prompt that still holds one is refused instead of read as a padding row.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.concepts = nn.ModuleDict()
         self.token_ids: dict[str, list[int]] = {}
+        self.retired: dict[int, str] = {}
 
     def add(self, params: ConceptParams, token_ids: list[int]) -> None:
         self.concepts[params.tokens.name] = params
         self.token_ids[params.tokens.name] = token_ids
+        for token_id in token_ids:
+            self.retired.pop(token_id, None)
 
     def remove(self, name: str) -> None:
+        self.retired.update({token_id: name for token_id in self.token_ids[name]})
         del self.concepts[name]
         del self.token_ids[name]
+
+    def refuse_detached(self, input_ids: torch.Tensor) -> None:
+        """Raise if ``input_ids`` holds a token of a concept that was detached."""
+        if not self.retired:
+            return
+        retired = torch.tensor(list(self.retired), device=input_ids.device)
+        found = input_ids[torch.isin(input_ids, retired)]
+        if found.numel():
+            name = self.retired[int(found[0])]
+            raise YollavaError(f"the prompt uses concept '{name}', which is not loaded; load it (--concept {name}) or remove its tokens")
 
     def _ids(self, with_head: bool) -> list[int]:
         out: list[int] = []
@@ -227,8 +265,10 @@ class ConceptSlots(nn.Module):
         return table, torch.tensor(self._ids(with_head=True), dtype=torch.long)
 
     def silent_ids(self) -> torch.Tensor:
+        """Ids that must never be generated: latent tokens without a head row, and retired tokens."""
         with_head = set(self._ids(with_head=True))
-        return torch.tensor([i for i in self._ids(with_head=False) if i not in with_head], dtype=torch.long)
+        silent = [i for i in self._ids(with_head=False) if i not in with_head] + list(self.retired)
+        return torch.tensor(silent, dtype=torch.long)
 
     def slot_of(self, ids: torch.Tensor) -> torch.Tensor:
         all_ids = self._ids(with_head=False)
@@ -237,7 +277,7 @@ class ConceptSlots(nn.Module):
         return lookup[ids]
 
     def vocab_size(self, base_rows: int) -> int:
-        ids = self._ids(with_head=False)
+        ids = self._ids(with_head=False) + list(self.retired)
         return max([base_rows, *(i + 1 for i in ids)])
 
 
@@ -291,11 +331,40 @@ def attach(base: Base, params: ConceptParams) -> list[int]:
     return list(ids)
 
 
-def detach_all(base: Base) -> None:
-    """Remove every attached concept's rows (tokens stay in the tokenizer but map to nothing trainable)."""
+def detach(base: Base, name: str) -> ConceptParams:
+    """Remove a concept's rows from ``base`` (peft's ``delete_adapter``); the base is as before for every other token.
+
+    Returns:
+        The detached rows (attach them again, or to another base of the same kind).
+
+    Raises:
+        YollavaError: no concept of that name is attached.
+    """
     slots = concept_slots(base)
-    for name in list(slots.concepts):
-        slots.remove(name)
+    if name not in slots.concepts:
+        loaded = ", ".join(slots.concepts) or "none"
+        raise YollavaError(f"concept '{name}' is not loaded (loaded: {loaded})")
+    params = slots.concepts[name]
+    slots.remove(name)
+    return params  # type: ignore[return-value]
+
+
+def attached_names(base: Base) -> list[str]:
+    """Names of the concepts attached to ``base``, in attachment order."""
+    return list(concept_slots(base).concepts)
+
+
+@contextmanager
+def attached(base: Base, params: ConceptParams) -> Iterator[list[int]]:
+    """Attach ``params`` for the duration of a ``with`` block, then detach it (also on errors).
+
+    One loaded base can then train or score many concepts in a row.
+    """
+    ids = attach(base, params)
+    try:
+        yield ids
+    finally:
+        detach(base, params.tokens.name)
 
 
 # ----------------------------------------------------------------------------- artifact
@@ -432,8 +501,3 @@ def remove_concept(store: str | Path, name: str) -> Path:
         raise YollavaError(f"concept '{name}' not found in {Path(store)}; see `yollava concepts list`")
     shutil.rmtree(folder)
     return folder
-
-
-def concept_ids(base: Base, names: Iterable[str]) -> dict[str, list[int]]:
-    slots = concept_slots(base)
-    return {n: slots.token_ids[n] for n in names}

@@ -1,4 +1,4 @@
-"""Building a concept's training set: recognition samples for every image, plus text-only samples."""
+"""A concept's training set: recognition samples for every image, conversation samples answered by the base, storage as an HF dataset."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import random
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from yollava.config import Category, DataConfig, Recipe
 from yollava.errors import YollavaError
 from yollava.images import file_sha256, scan_image_dir
-from yollava.prompts import RecognitionBank
+from yollava.prompts import RecognitionBank, load_template
+from yollava.storage import DATA_DIR, DATA_INFO
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,6 @@ class ConversationBank:
 
     @classmethod
     def load(cls, name: str = "conversation") -> "ConversationBank":
-        from yollava.prompts import load_template
-
         data = load_template(name)
         cats = ("person", "other")
         return cls(
@@ -198,40 +197,43 @@ class ConversationBank:
         return text
 
 
-def detect_category(base: Any, positives: Sequence[str], bank: ConversationBank, template: str) -> str:
-    """"person" or "other": the base model's Yes/No verdict on each positive, majority vote."""
-    from yollava.evaluate import RecognitionScorer
-    from yollava.forward import FeatureCache
-    from yollava.prompts import ChatFormat
+class Answerer(Protocol):
+    """The frozen base as the training set needs it (built by :func:`yollava.prepare.base_answerer`).
 
-    scorer = RecognitionScorer(base, ChatFormat.load(template), "", bank.category_question, FeatureCache(base))
-    votes = [lp_yes > lp_no for lp_yes, lp_no in scorer.p_yes(list(positives))]
+    Attributes:
+        model_id: recorded as the answers' provenance.
+    """
+
+    model_id: str
+
+    def answer(self, image: str, questions: Sequence[str]) -> list[str]:
+        """Greedy answers to each question while looking at ``image``."""
+
+    def yes(self, question: str, images: Sequence[str]) -> list[bool]:
+        """Whether the answer to ``question`` about each image starts with Yes rather than No."""
+
+
+def detect_category(answerer: Answerer, positives: Sequence[str], bank: ConversationBank) -> str:
+    """"person" or "other": the base model's Yes/No verdict on each positive, majority vote."""
+    votes = answerer.yes(bank.category_question, positives)
     return "person" if sum(votes) * 2 > len(votes) else "other"
 
 
 def conversation_samples(
-    base: Any, positives: Sequence[str], identifier: str, category: str, bank: ConversationBank,
-    template: str, max_new_tokens: int, progress: Callable[[int], None] | None = None,
+    answerer: Answerer, positives: Sequence[str], identifier: str, category: str, bank: ConversationBank,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Sample]:
     """Ask the base model every attribute question about every positive, then store it text-only.
 
     The model sees the photo and a neutral stand-in name ("Riley" / "this subject"); the stand-in is
     replaced by the identifier in question and answer, and the sample is stored without the photo.
     """
-    from yollava.chat import greedy_generate
-    from yollava.forward import FeatureCache, ImageRef
-    from yollava.prompts import ChatFormat, Turn, encode, render
-
-    fmt = ChatFormat.load(template)
-    cache = FeatureCache(base)
     stand_in = bank.stand_in[category]
+    questions = bank.questions[category]
     samples = []
     for path in positives:
-        for question in bank.questions[category]:
-            asked = question.replace("{name}", stand_in)
-            segments = render(fmt, [Turn(asked, None, images=1)], base.tokenizer.eos_token)
-            ids = encode(base.tokenizer, segments, base.image_token_id, base.num_image_tokens).input_ids
-            answer = greedy_generate(base, ids, [ImageRef(path)], cache, max_new_tokens)
+        answers = answerer.answer(path, [q.replace("{name}", stand_in) for q in questions])
+        for question, answer in zip(questions, answers):
             if not answer:
                 continue  # an empty answer teaches nothing; it is counted in the summary
             samples.append(Sample(
@@ -239,10 +241,10 @@ def conversation_samples(
                 answer=bank.personalize(answer, category, identifier),
                 kind=SampleKind.conversation.value,
                 source=path,
-                provenance=f"answered by {base.model_id} looking at {Path(path).name} as '{stand_in}'",
+                provenance=f"answered by {answerer.model_id} looking at {Path(path).name} as '{stand_in}'",
             ))
-            if progress:
-                progress(1)
+        if progress:
+            progress(len(questions))
     return samples
 
 
@@ -255,7 +257,9 @@ DATA_FEATURES = {
 
 
 def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any]) -> Path:
-    """Store samples as an HF dataset at ``folder`` (+ ``info.json``), replacing it atomically.
+    """Store samples as an HF dataset at ``folder`` (+ our ``training_set.json``), replacing it atomically.
+
+    ``datasets.load_from_disk(folder)`` reads it as it is.
 
     Written into a sibling temp folder first; the old folder is swapped out only once the new one is
     complete, so a crash leaves either the old or the new set, never a mix.
@@ -271,8 +275,8 @@ def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[
     rows = [{key: getattr(s, key) for key in DATA_FEATURES} for s in samples]
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        Dataset.from_list(rows, features=features).save_to_disk(str(tmp / "dataset"))
-        (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
+        (tmp / DATA_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         old = folder.with_name(f".{folder.name}.old")
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -295,8 +299,8 @@ def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]
 
     folder = Path(folder)
     try:
-        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
-        dataset = load_from_disk(str(folder / "dataset"))
+        info = json.loads((folder / DATA_INFO).read_text(encoding="utf-8"))
+        dataset = load_from_disk(str(folder))
     except Exception as exc:  # datasets/json raise several classes for a damaged folder
         raise YollavaError(f"{folder}: damaged training set ({exc.__class__.__name__}); rebuild it with `yollava build-data ... --overwrite`") from exc
     return [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset], info
@@ -374,10 +378,15 @@ def resolve_recipe(recipe: Recipe, images: ImageSets) -> Recipe:
     return recipe
 
 
-def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataConfig) -> dict[str, Any]:
-    """What a stored training set was built from; a stored set is reused only when this matches."""
+def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataConfig, answered_by: str | None = None) -> dict[str, Any]:
+    """What a stored training set was built from; a stored set is reused only when this matches.
+
+    ``answered_by`` (the base's id) counts only for recipes with conversation data: its answers are in them.
+    """
     text = config.text_samples
+    conversation = recipe in (Recipe.recognition_conversation, Recipe.full)
     return {
+        "answered_by": {"model": answered_by, "max_new_tokens": config.conversation_max_new_tokens} if conversation else None,
         "name": name,
         "recipe": recipe.value,
         "category": config.category.value,
@@ -392,30 +401,32 @@ def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataC
 
 
 def build_training_set(
-    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str = "llava_v1",
+    answerer: Answerer | None, name: str, images: ImageSets, store: str | Path, config: DataConfig,
     rebuild: bool = False, progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
 ) -> tuple[list[Sample], dict[str, Any]]:
     """Build (or reuse) ``<store>/<name>/data/``: recognition samples, conversation samples, text samples.
 
     Args:
-        base: the frozen base (answers the conversation questions; identifies the category).
+        answerer: the frozen base (answers the conversation questions; identifies the category);
+            only asked when the recipe has conversation data and no matching set is stored.
         name: concept name.
         images: positives and negatives from :func:`gather_images`.
         store: concept store.
         config: data settings (recipe, category, balance, seed).
-        template: chat format name.
         rebuild: ignore a stored set even if it matches.
         progress / on_total: progress callbacks for the conversation generation.
 
     Returns:
         (samples, info) where info records the key, resolved recipe and category, and counts.
+
+    Raises:
+        ValueError: conversation data is needed but no answerer was given.
     """
     from yollava.concept import ConceptTokens, concept_dir
-    from yollava.prompts import RecognitionBank
 
     recipe = resolve_recipe(config.recipe, images)
-    key = training_set_key(name, images, recipe, config)
-    folder = concept_dir(store, name) / "data"
+    key = training_set_key(name, images, recipe, config, getattr(answerer, "model_id", None))
+    folder = concept_dir(store, name) / DATA_DIR
     if folder.is_dir() and not rebuild:
         try:
             samples, info = load_training_set(folder)
@@ -431,31 +442,18 @@ def build_training_set(
     samples = recognition_samples(kept, identifier, RecognitionBank.load(), config)
     category = None
     if recipe in (Recipe.recognition_conversation, Recipe.full):
+        if answerer is None:
+            raise ValueError(f"recipe {recipe.value} needs the base model to answer the conversation questions")
         bank = ConversationBank.load()
-        category = config.category.value if config.category != Category.auto else detect_category(base, images.positives, bank, template)
+        category = config.category.value if config.category != Category.auto else detect_category(answerer, images.positives, bank)
         if on_total:
             on_total(len(images.positives) * len(bank.questions[category]))
-        samples += conversation_samples(base, images.positives, identifier, category, bank, template, config.conversation_max_new_tokens, progress)
+        samples += conversation_samples(answerer, images.positives, identifier, category, bank, progress)
     if config.text_samples:
         samples += load_text_samples(config.text_samples, identifier)
     info = {
         "key": key, "recipe": recipe.value, "category": category, "counts": summarize(samples),
-        "base_model": getattr(base, "model_id", None), "format_version": 1,
+        "base_model": getattr(answerer, "model_id", None), "format_version": 1,
     }
     save_training_set(samples, folder, info)
     return samples, info
-
-
-def prepare_training_set(
-    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str,
-    console: Any, rebuild: bool = False,
-) -> tuple[list[Sample], dict[str, Any]]:
-    """:func:`build_training_set` with a progress bar (conversation generation is the slow part)."""
-    from yollava.progress import progress_bar
-
-    with progress_bar(console) as progress:
-        task = progress.add_task("conversation data", total=None, info="")
-        return build_training_set(
-            base, name, images, store, config, template, rebuild=rebuild,
-            progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
-        )

@@ -48,6 +48,9 @@ RUN_SAMPLES = "train_samples.jsonl"
 RUN_DONE = "DONE"
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+# a concept's training set: <store>/<name>/data/ is an HF dataset (datasets.load_from_disk reads it) plus our record
+DATA_DIR = "data"
+DATA_INFO = "training_set.json"
 
 # Names of the protocol's own files next to a target ``<parent>/<name>``.
 STAGING_INFIX = ".tmp-"

@@ -1,0 +1,100 @@
+"""Everything before the recipe: a concept's images and negatives (stored, mined or a folder), then its training set answered by the base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from yollava.base import Base
+from yollava.chat import greedy_generate
+from yollava.config import Config, Recipe
+from yollava.data import ImageSets, NegativeSource, Sample, build_training_set, gather_images, resolve_recipe
+from yollava.evaluate.recognition import YesNoScorer
+from yollava.forward import FeatureCache, ImageRef
+from yollava.progress import progress_bar
+from yollava.prompts import ChatFormat, Turn, encode, render
+
+
+@dataclass
+class TrainingInputs:
+    """What a concept is trained from, gathered before the base is loaded (so bad input fails fast).
+
+    Attributes:
+        name: the concept name.
+        images_dir: the folder of positives, absolute (a resumed run may start elsewhere).
+        negatives: where the negatives came from (recorded in the concept and the run).
+        images: the positive and negative image paths.
+        recipe: the resolved training-set recipe.
+    """
+
+    name: str
+    images_dir: str
+    negatives: NegativeSource
+    images: ImageSets
+    recipe: Recipe
+
+
+@dataclass
+class TrainingSet:
+    """A concept's samples and the record of how they were built (``<store>/<name>/data``)."""
+
+    samples: list[Sample]
+    info: dict[str, Any]
+
+
+def gather_inputs(name: str, images_dir: str | Path, negatives: NegativeSource, store: str | Path, config: Config) -> TrainingInputs:
+    """Positives, and negatives mined now, stored by `yollava retrieve`, or from a folder; the recipe they allow.
+
+    Raises:
+        YollavaError: bad folders, retrieval failures, or a recipe the negatives do not allow.
+    """
+    images = gather_images(name, images_dir, store, negatives, config.data)
+    recipe = resolve_recipe(config.data.recipe, images)
+    return TrainingInputs(name, str(Path(images_dir).resolve()), negatives, images, recipe)
+
+
+class BaseAnswerer:
+    """The frozen base answering the training set's questions (:class:`yollava.data.Answerer`).
+
+    Every answer reads image features from ``features``, the cache training uses next, so each
+    positive goes through the vision tower once for category detection, conversation data and training.
+    """
+
+    def __init__(self, base: Base, fmt: ChatFormat, features: FeatureCache, max_new_tokens: int):
+        self.base = base
+        self.fmt = fmt
+        self.features = features
+        self.max_new_tokens = max_new_tokens
+        self.model_id = base.model_id
+
+    def answer(self, image: str, questions: Sequence[str]) -> list[str]:
+        eos = self.base.tokenizer.eos_token
+        answers = []
+        for question in questions:
+            ids = encode(self.base.tokenizer, render(self.fmt, [Turn(question, None, images=1)], eos), self.base.image_token_id, self.base.num_image_tokens).input_ids
+            answers.append(greedy_generate(self.base, ids, [ImageRef(image)], self.features, self.max_new_tokens))
+        return answers
+
+    def yes(self, question: str, images: Sequence[str]) -> list[bool]:
+        scorer = YesNoScorer(self.base, self.fmt, "", question, self.features)
+        return [lp_yes > lp_no for lp_yes, lp_no in scorer.logprobs(list(images))]
+
+
+def build_samples(
+    inputs: TrainingInputs, base: Base, store: str | Path, config: Config, features: FeatureCache,
+    console: Console, rebuild: bool = False,
+) -> TrainingSet:
+    """Build (or reuse) the concept's training set, with a progress bar over the conversation questions.
+
+    """
+    answerer = BaseAnswerer(base, ChatFormat.load(config.prompt.template), features, config.data.conversation_max_new_tokens)
+    with progress_bar(console) as progress:
+        task = progress.add_task("conversation data", total=None, info="")
+        samples, info = build_training_set(
+            answerer, inputs.name, inputs.images, store, config.data, rebuild=rebuild,
+            progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
+        )
+    return TrainingSet(samples, info)
