@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 CONCEPT_JSON = "concept.json"
 CONCEPT_WEIGHTS = "concept.safetensors"
-CONCEPT_DATA = "data"
 RUN_CONFIG = "config.yaml"
 RUN_METRICS = "metrics.jsonl"
 RUN_PLOT = "metrics.png"
@@ -331,6 +330,10 @@ def staged_folder(target: str | Path, *, lock_target: str | Path | None = None, 
     """
     target = Path(target)
     with artifact_lock(lock_target or target, wait=wait), writing(target):
+        if lock_target is not None and Path(lock_target) != target:
+            # a sub-folder of an artifact (a concept's negatives): finish an interrupted swap of the
+            # artifact first, or creating its folder below would make the old version look stale
+            recover(lock_target)
         target.parent.mkdir(parents=True, exist_ok=True)
         recover(target)
         staged = target.parent / f".{target.name}{STAGING_INFIX}{uuid.uuid4().hex[:8]}"
