@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from yollava.errors import YollavaError
 
@@ -20,7 +21,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 concepts_app = typer.Typer(no_args_is_help=True, help="List, show and remove trained concepts.")
 app.add_typer(concepts_app, name="concepts")
 
-err = Console(stderr=True)
+# soft_wrap: a long message stays one line in a log file (a terminal wraps it itself)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 STORE_HELP = "concept store folder"
@@ -93,7 +95,7 @@ def _negative_source(negatives, pool, index, service, index_name, per_image, eas
 
 @app.command()
 def train(
-    concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo ([a-z0-9][a-z0-9_-]{0,31})"),
+    concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo: 1-32 of a-z, 0-9, '_' and '-', starting with a letter or digit"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of photos of the subject (positives)"),
     negatives: Optional[Path] = NEGATIVES_OPT,
     pool: Optional[Path] = POOL_OPT,
@@ -111,6 +113,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="train.epochs"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing concept of this name"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this concept"),
+    no_negatives: bool = typer.Option(False, "--no-negatives", help="train without negatives (the concept will answer Yes to everything)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.lr=5e-4"),
 ) -> None:
     """Learn a concept's soft prompt from a few photos and save it to the store.
@@ -125,9 +128,18 @@ def train(
     cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs, "data.recipe": recipe, "data.category": category}))
     source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     try:
-        train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err)
+        train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err, no_negatives=no_negatives)
     except KeyboardInterrupt:
-        err.print(f"interrupted: the concept store is untouched; continue with `yollava train --concept {concept} --resume`")
+        from yollava.train import find_resumable_run
+
+        try:
+            run = find_resumable_run(Path(cfg.train.runs_dir), concept)
+        except YollavaError:
+            err.print("interrupted before the first epoch's checkpoint: the concept store is untouched and there is "
+                      "nothing to resume; run the same command again", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"interrupted: the concept store is untouched; continue {run} with `yollava train --concept {concept} --resume`",
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(130)
 
 
@@ -175,7 +187,7 @@ def _load_for_chat(model: Optional[str], concepts: list[str], store: Path):
     from yollava.models import load_base
 
     records = [read_record(store, name) for name in concepts]
-    name = model or (records[0]["base_model"]["id"] if records else None)
+    name = model or (records[0].base_model.id if records else None)
     cfg = load_config(overrides=[f"model.name={name}"] if name else None)
     base = load_base(cfg.model)
     artifacts = [load_concept(base, store, n) for n in concepts]
@@ -363,33 +375,38 @@ def index_add(
 
 @concepts_app.command("list")
 def concepts_list(store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
-    """Every concept in the store with its base model and best recognition score."""
+    """Every concept in the store with its status (ok, or damaged and why), base model and best recognition score."""
     from yollava.concept import list_concepts
 
-    records = list_concepts(store)
-    if not records:
+    entries = list_concepts(store)
+    if not entries:
         err.print(f"no concepts in {store}")
         return
     table = Table()
-    for column in ("name", "k", "base model", "best epoch", "weighted (train)"):
-        table.add_column(column)
-    for record in records:
-        if "error" in record:
-            table.add_row(record["name"], "-", f"[red]{record['error']}", "-", "-")
+    for column in ("name", "status", "k", "base model", "best epoch", "weighted (train)"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        record = entry.record
+        if record is None:
+            table.add_row(entry.name, Text(entry.status, style="red"), "-", "-", "-", "-")
             continue
-        training = record.get("training", {})
-        metrics = training.get("metrics", {})
-        table.add_row(record["name"], str(record["k"]), record["base_model"]["id"], str(training.get("best_epoch", "-")),
-                      f"{metrics['weighted']:.3f}" if "weighted" in metrics else "-")
+        training = record.training
+        weighted = training.metrics.weighted if training else None
+        table.add_row(entry.name, entry.status, str(record.k), record.base_model.id,
+                      str(training.best_epoch) if training and training.best_epoch else "-",
+                      f"{weighted:.3f}" if weighted is not None else "-")
     out.print(table)
+    damaged = [e for e in entries if not e.ok]
+    if damaged:
+        err.print(f"{len(damaged)} of {len(entries)} concept(s) damaged; retrain each with --overwrite or remove it", highlight=False)
 
 
 @concepts_app.command("show")
 def concepts_show(name: str, store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
-    """Print a concept's record (concept.json)."""
+    """Print a concept's record (concept.json, validated)."""
     from yollava.concept import read_record
 
-    out.print_json(json.dumps(read_record(store, name)))
+    out.print_json(json.dumps(read_record(store, name).to_json_dict()))
 
 
 @concepts_app.command("remove")
@@ -427,6 +444,9 @@ def demo(
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    from yollava.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()
     _setup_logging()
     try:
         app()
