@@ -468,8 +468,10 @@ def save_concept(
     folder = concept_dir(store, params.tokens.name)
     with staged_folder(folder, lock_target=folder) as staged:
         weights = staged / CONCEPT_WEIGHTS
+        # one metadata key: safetensors writes them in hash-map order, so two keys would give the same
+        # rows different bytes (and sha256) from one save to the next
         save_tensors(weights, {"embed_rows": params.embed_rows, "head_rows": params.head_rows},
-                     metadata={"format": "yollava-concept", "format_version": str(FORMAT_VERSION)})
+                     metadata={"format": f"yollava-concept/{FORMAT_VERSION}"})
         record = concept_record(params, base, file_sha256(weights), extra)
         (staged / CONCEPT_JSON).write_text(dump_json(record.to_json_dict()), encoding="utf-8")
         for sub, given in ((DATA_DIR, data), (NEGATIVES_DIR, negatives)):
