@@ -344,7 +344,10 @@ def gather_images(name: str, images_dir: str | Path, store: str | Path, source: 
     else:
         from yollava.retrieval.mine import RETRIEVAL_FILE, negatives_dir, read_negatives
 
-        if (negatives_dir(store, name) / RETRIEVAL_FILE).is_file():
+        stored = negatives_dir(store, name)
+        settle(stored.parent)
+        found = settle(stored, lock_target=stored.parent)  # a crash mid-swap leaves them in .negatives.old
+        if found is not None and (found / RETRIEVAL_FILE).is_file():
             negative_set = read_negatives(name, store)
             log.info("using the %d negatives stored by `yollava retrieve` in %s", len(negative_set.records), negative_set.directory)
     if negative_set is not None:

@@ -54,9 +54,10 @@ def gather_inputs(name: str, images_dir: str | Path, negatives: NegativeSource, 
     # absolute, so a run resumed from another folder finds them (they are recorded in its checkpoint)
     negatives = replace(negatives, **{key: str(Path(value).resolve()) for key in ("folder", "pool", "index")
                                       if (value := getattr(negatives, key)) is not None})
+    images_dir = Path(images_dir).resolve()  # the samples record these paths too
     images = gather_images(name, images_dir, store, negatives, config.data)
     recipe = resolve_recipe(config.data.recipe, images)
-    return TrainingInputs(name, str(Path(images_dir).resolve()), negatives, images, recipe)
+    return TrainingInputs(name, str(images_dir), negatives, images, recipe)
 
 
 class BaseAnswerer:
