@@ -147,10 +147,14 @@ def artifact_lock(target: str | Path, *, wait: float = 0.0, what: str | None = N
             _HELD[key] -= 1
         return
     deadline = time.monotonic() + wait
+    made = _missing_parents(path)
     with writing(target):
-        path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # another process removed the empty folder it had made for its lock: make it again
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -187,6 +191,21 @@ def artifact_lock(target: str | Path, *, wait: float = 0.0, what: str | None = N
         except OSError:
             pass
         os.close(fd)
+        for folder in made:  # folders made only to hold the lock, if nothing else went into them
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def holds_lock(target: str | Path) -> bool:
@@ -439,10 +458,27 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_text_atomic(path, dump_json(payload))
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors at ``path`` (contiguous CPU copies; nothing is pickled)."""
+    """Save tensors as safetensors at ``path`` (contiguous CPU copies; nothing is pickled).
+
+    safetensors creates its files with mode 0600; they get the usual mode from the umask instead.
+    """
     prepared = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
     save_file(prepared, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~umask())
 
 
 def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
