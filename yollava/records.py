@@ -111,8 +111,10 @@ def _first_problem(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in error.get("loc", ()))
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "model_type" or not where:
-        return message if where else f"{message} (the file must hold one JSON object)"
+    if error.get("type") == "model_type" and not where:
+        return f"{message} (the file must hold one JSON object)"
+    if not where:
+        return message
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     return f"field '{where}' ({shown}): {message}"

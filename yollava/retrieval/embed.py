@@ -230,10 +230,11 @@ class EmbeddingCache:
         """Write one new shard (vectors first, keys last, each by temp file + rename)."""
         if not hashes:
             return
-        from yollava.storage import atomic_path
+        from yollava.storage import atomic_path, writing
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
         stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         for suffix, array in ((VECTORS_SUFFIX, vectors), (KEYS_SUFFIX, np.array(list(hashes), dtype="S64"))):
             with atomic_path(self.directory / f"{stem}{suffix}") as tmp, open(tmp, "wb") as handle:

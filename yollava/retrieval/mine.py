@@ -439,7 +439,7 @@ def read_negatives(concept: str, store: str | Path = "concepts") -> NegativeSet:
                 raise ValueError(f"line {number}: {problem}")
             records.append(NegativeRecord(**data))
     except (OSError, ValueError, TypeError) as exc:
-        raise YollavaError(f"{out / MANIFEST_FILE}: damaged ({str(exc)[:100]}); {fix}") from exc
+        raise YollavaError(f"{out / MANIFEST_FILE}: damaged ({str(exc)[:160]}); {fix}") from exc
     root = out.resolve()
     for record in records:
         path = out / record.file
@@ -470,9 +470,9 @@ def _manifest_problem(data: dict[str, Any]) -> str | None:
         return "sha256 is not 64 hex digits"
     match = MANIFEST_FILE_PATTERN.fullmatch(data["file"])
     if match is None or match.group(1) != data["kind"] or not data["sha256"].startswith(match.group(2)):
-        return f"file {data['file'][:60]!r} is not {data['kind']}/<sha256 prefix>.<image suffix>"
+        return f"file {data['file'][:40]!r} is not {data['kind']}/<sha256 prefix>.<image suffix>"
     if match.group(3) not in IMAGE_SUFFIXES | {".img"}:
-        return f"file {data['file'][:60]!r} does not have an image suffix"
+        return f"file {data['file'][:40]!r} does not have an image suffix"
     if "size" in data and (type(data["size"]) is not int or data["size"] < 0):
         return "size is not a byte count"
     if isinstance(data["score"], bool) or not isinstance(data["score"], (int, float)):
