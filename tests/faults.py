@@ -196,15 +196,13 @@ def run_killed(scenario: str, workspace: Path, fail_at: int, roots: list[Path], 
 
 
 def leftovers(root: Path, skip: tuple[str, ...] = ()) -> list[Path]:
-    """Files and folders the storage protocol must never leave behind (staging, old versions, locks)."""
-    found = []
-    for path in root.rglob("*"):
-        if any(part in skip for part in path.relative_to(root).parts):
-            continue
-        name = path.name
-        if ".tmp-" in name or name.endswith(".old") or name.endswith(".lock"):
-            found.append(path)
-    return found
+    """Hidden files and folders and ``*.tmp-*`` under ``root``: staging (``.x.tmp-*``, mkdtemp's ``.x.abcd1234``), old
+    versions (``.x.old``) and locks (``.x.lock``), none of which may outlive a finished run.
+
+    Nothing else in the test workspaces has a name starting with a dot.
+    """
+    return [path for path in root.rglob("*")
+            if (path.name.startswith(".") or ".tmp-" in path.name) and not any(part in skip for part in path.relative_to(root).parts)]
 
 
 def copy_workspace(template: Path, destination: Path) -> Path:

@@ -121,16 +121,16 @@ def test_enospc_in_the_runs_dir_and_for_a_dataset_is_one_line(tiny_tmpfs, image_
 
 def test_a_crash_between_retrieves_renames_is_recovered_by_the_next_train(tmp_path, image_dirs):
     """Finding 2: negatives left in .negatives.old are moved back by the reader, not silently dropped."""
-    from yollava.storage import old_path
     from fault_scenarios import _retrieve, _subject_world
 
     _subject_world(tmp_path)
     _retrieve(tmp_path, per_image=1, n_easy=2, overwrite=False)
     negatives = tmp_path / "store" / "bo" / "negatives"
-    os.rename(negatives, old_path(negatives))  # the first rename done, the second never happened
+    backup = negatives.parent / ".negatives.old"
+    os.rename(negatives, backup)  # the first rename done, the second never happened
     images = gather_images("bo", tmp_path / "pos", tmp_path / "store", NegativeSource(), load_config().data)
     assert len(images.negatives_hard) == 4 and len(images.negatives_easy) == 2
-    assert negatives.is_dir() and not old_path(negatives).exists()
+    assert negatives.is_dir() and not backup.exists()
 
 
 # ----------------------------------------------------------------------------- 3: locks
@@ -138,8 +138,6 @@ def test_a_crash_between_retrieves_renames_is_recovered_by_the_next_train(tmp_pa
 
 def test_two_concurrent_trains_of_one_concept(tmp_path, image_dirs, capsys, monkeypatch):
     """Finding 3: the second run fails at once naming the first one's PID; only the first is saved."""
-    from yollava.concept import read_concept
-    from yollava.storage import lock_path
     pos, neg = image_dirs
     # as a user runs it: no test switches for the libraries' tqdm bars, which the CLI turns off itself
     env = {k: v for k, v in os.environ.items() if "PROGRESS_BARS" not in k} | {"COLUMNS": "200"}
@@ -148,7 +146,7 @@ def test_two_concurrent_trains_of_one_concept(tmp_path, image_dirs, capsys, monk
         [sys.executable, "-m", "yollava.cli", *train_cli(pos, "--negatives", str(neg), "--epochs", "3", "train.seed=1")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    lock = lock_path(tmp_path / "concepts" / "bo")
+    lock = tmp_path / "concepts" / ".bo.lock"
     deadline = time.monotonic() + 240
     while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
         assert first.poll() is None and time.monotonic() < deadline, "the first train never took the lock"
@@ -159,8 +157,8 @@ def test_two_concurrent_trains_of_one_concept(tmp_path, image_dirs, capsys, monk
     assert first.returncode == 0, first_err
     assert "Saving the dataset" not in first_err and "%|" not in first_err and "━" not in first_err  # log-friendly output
     assert [line.split(" | ")[0] for line in first_err.splitlines() if line.startswith("epochs ")] == ["epochs 1/3", "epochs 2/3", "epochs 3/3"]
-    record, _ = read_concept(tmp_path / "concepts", "bo")
-    assert record.training.model_extra["seed"] == 1  # the first run's concept, not replaced
+    record = json.loads((tmp_path / "concepts" / "bo" / CONCEPT_JSON).read_text())
+    assert record["training"]["seed"] == 1  # the first run's concept, not replaced
     assert not lock.exists()
     code, _, err = run_cli(train_cli(pos, "--negatives", str(neg)), capsys, monkeypatch, tmp_path)
     assert_user_error(code, err, "already exists", "--overwrite")
@@ -507,7 +505,6 @@ def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, im
 
 def test_resume_from_another_folder_with_relative_inputs(tmp_path, image_dirs, capsys, monkeypatch):
     """Finding 9: --images and --negatives given relative, the run resumed from elsewhere."""
-    from yollava.concept import read_concept
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     shutil.copytree(image_dirs[0], work / "pos")
     shutil.copytree(image_dirs[1], work / "neg")
@@ -521,8 +518,8 @@ def test_resume_from_another_folder_with_relative_inputs(tmp_path, image_dirs, c
     monkeypatch.setattr(train_module, "supervised_loss", real)
     code, _, err = run_cli(["train", "--concept", "bo", "--resume", "--model", "tiny", *common], capsys, monkeypatch, elsewhere)
     assert code == 0, err
-    record, _ = read_concept(tmp_path / "concepts", "bo")
-    assert record.training.model_extra["epochs_run"] == 2 and len(record.training.model_extra["negatives"]) == 8
+    record = json.loads((tmp_path / "concepts" / "bo" / CONCEPT_JSON).read_text())
+    assert record["training"]["epochs_run"] == 2 and len(record["training"]["negatives"]) == 8
 
 
 def test_train_help_shows_the_name_rule(capsys, monkeypatch, tmp_path):
@@ -535,18 +532,20 @@ def test_train_help_shows_the_name_rule(capsys, monkeypatch, tmp_path):
 
 
 def test_artifacts_get_the_umask_modes_not_0600(tmp_path):
-    from yollava.storage import staged_folder
     old_umask = os.umask(0o022)
     try:
         folder = saved_concept(tmp_path)
+        for path in (folder / CONCEPT_JSON, folder / CONCEPT_WEIGHTS):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        from yollava.storage import staged_folder
+
         with staged_folder(tmp_path / "other") as staged:
             (staged / "x.txt").write_text("x")
+        assert stat.S_IMODE((tmp_path / "other" / "x.txt").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o755
     finally:
         os.umask(old_umask)
-    for path in (folder / CONCEPT_JSON, folder / CONCEPT_WEIGHTS, tmp_path / "other" / "x.txt"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-    for path in (folder, tmp_path / "other"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
 
 
 def test_a_killed_writers_staging_is_removed_by_the_next_reader(tmp_path):
@@ -558,6 +557,22 @@ def test_a_killed_writers_staging_is_removed_by_the_next_reader(tmp_path):
     assert settle(tmp_path / "bo") == tmp_path / "bo" and not stale.exists()
     assert settle(tmp_path / "bo" / "data", lock_target=tmp_path / "bo") is None
     assert sorted(p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name) == []
+
+
+@pytest.mark.parametrize("name", ["toy-generate", "build-data"])
+def test_a_killed_write_leaves_no_staging_after_the_next_run(name, tmp_path):
+    """Finding 10: the half-written folder of a killed toy generate / build-data is gone after the next run."""
+    import fault_scenarios
+    from faults import EXIT_CODE, count_points, leftovers, run_killed
+
+    scenario = fault_scenarios.SCENARIOS[name]
+    scenario.prepare(tmp_path / "template")
+    probe = shutil.copytree(tmp_path / "template", tmp_path / "probe")
+    middle = len(count_points(lambda: scenario.command(probe), [probe])) // 2
+    ws = shutil.copytree(tmp_path / "template", tmp_path / "ws")
+    assert run_killed(name, ws, middle, [ws]) == EXIT_CODE
+    scenario.command(ws)
+    assert leftovers(ws, scenario.skip) == []
 
 
 # ----------------------------------------------------------------------------- 11: no negatives
