@@ -527,13 +527,15 @@ def read_concept(store: str | Path, name: str) -> tuple[ConceptRecord, dict[str,
                 raise YollavaError(f"{weights} is missing or a link; retrain the concept with --overwrite")
             data = weights.read_bytes()
             return record, check_weights(weights, data, record, hashlib.sha256(data).hexdigest())
-        except (YollavaError, OSError):
+        except (YollavaError, OSError) as exc:
             try:
                 changed = folder.stat().st_ino != before
             except OSError:
                 changed = True
             if not changed or attempt == 2:
-                raise
+                if isinstance(exc, YollavaError):
+                    raise
+                raise YollavaError(f"{folder} cannot be read ({describe_os_error(exc)})") from exc
     raise AssertionError("unreachable")
 
 
