@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,14 +29,35 @@ COUNTS_FILE = os.environ.get("YOLLAVA_FAULT_COUNTS")  # optional: where to recor
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def memory_root(tmp_path_factory):
+    """Workspaces in RAM (/dev/shm) where there is one: the sweep runs each command ~4 times per write
+    point and every run fsyncs ~20 times, which costs seconds per scenario on a real disk."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        root = Path(tempfile.mkdtemp(prefix="yollava-faults-", dir=shm))
+        yield root
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture
+def tmp_path(memory_root, request):  # noqa: F811  (the sweep's scratch space, in RAM when possible)
+    folder = memory_root / request.node.name.replace("[", "_").replace("]", "")
+    folder.mkdir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def template(memory_root):
     """Each scenario's workspace with the old artifact, prepared once."""
     made: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in made:
-            folder = tmp_path_factory.mktemp(name.replace("-", "_")) / "template"
-            folder.mkdir()
+            folder = memory_root / "templates" / name
+            folder.mkdir(parents=True)
             SCENARIOS[name].prepare(folder)
             made[name] = folder
         return made[name]
