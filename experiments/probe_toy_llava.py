@@ -12,8 +12,8 @@ learning it. Examples (one thread, deterministic):
 
 Without ``--init`` the language model is fresh (random) over the shipped toy CLIP's tower;
 ``--tower-from`` takes the tower of a saved model (e.g. ``pretrain_toy.py --stages vision --out DIR``).
-The probes of identity names, bound names, the comparison curriculum and projector grounding
-ran on commit 116f528 (``git show 116f528:scripts/probe_toy_llava.py``).
+The probes of identity names, bound names, the comparison curriculum and projector grounding need
+code that is no longer in the package: ``git show 116f528:scripts/probe_toy_llava.py``.
 """
 
 from __future__ import annotations

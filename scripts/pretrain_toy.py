@@ -15,9 +15,9 @@ The compiled recipe (yollava/toyworld/pretrain/, docs/toyworld.md), LLaVA-1.5's 
 5. held-out quality gates, a per-sample cost measurement through yollava's own training path,
    then ``yollava/assets/toy_llava/{model.safetensors, config.json, tokenizer.json, quality.json, README.md}``.
 
-Usage (~70 minutes on 2 CPU threads; run it in the background):
+Usage (the shipped build: 69 minutes with two threads on a shared 2-core machine; run it in the background):
 
-    nohup python scripts/pretrain_toy.py > runs/pretrain_toy.log 2>&1 &
+    nohup python scripts/pretrain_toy.py --threads 2 > runs/pretrain_toy.log 2>&1 &
 
 ``--quick`` runs a few steps of every stage (~30 s) for checking the pipeline: into a temporary
 folder that is removed afterwards, or into ``--out DIR``, which is kept.
