@@ -66,8 +66,9 @@ class PretrainConfig:
     seed: int = 0
     arch: ToyLlavaArch = field(default_factory=compiled_arch)
     train_scenes: int = 30000
-    # scenes of the dense ``vision`` stage: the training scenes, then more of the same stream. With the
-    # 30,000 alone the tower overfitted (training loss kept falling from step 8,000 on, held-out
+    # the dense ``vision`` stage sees the training scenes (with the known identities'), then plain
+    # scenes train_scenes..vision_scenes-1 of the same stream (210,240 in all). With the training
+    # scenes alone the tower overfitted (training loss kept falling from step 8,000 on, held-out
     # patch accuracy did not); every later stage reads the frozen tower on the training scenes only
     vision_scenes: int = 200000
     heldout_scenes: int = 2000
