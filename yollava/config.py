@@ -95,7 +95,7 @@ class DataConfig:
     """How the concept's training set is assembled."""
 
     max_negatives: int = 200  # a larger --negatives folder is sampled (seeded)
-    positive_ratio: float = 1.0  # positive samples ~= ratio x negative samples (balance; see DESIGN.md)
+    positive_ratio: float = 1.0  # positive samples ~= ratio x negative samples: without the balance training collapses to "No"
     min_positive_repeats: int = 1
     text_samples: Optional[str] = None  # jsonl/json file or HF dataset dir of text-only {question, answer}
     hflip: bool = False  # add a horizontally flipped variant of every positive
