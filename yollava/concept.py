@@ -21,6 +21,7 @@ from yollava.storage import (
     CONCEPT_JSON,
     CONCEPT_WEIGHTS,
     DATA_DIR,
+    NEGATIVES_DIR,
     OLD_SUFFIX,
     artifact_lock,
     describe_os_error,
@@ -463,8 +464,6 @@ def save_concept(
     Raises:
         YollavaError: another process writes the concept (its PID named), or a write failed.
     """
-    from yollava.retrieval.mine import NEGATIVES_DIR
-
     folder = concept_dir(store, params.tokens.name)
     with staged_folder(folder, lock_target=folder) as staged:
         weights = staged / CONCEPT_WEIGHTS

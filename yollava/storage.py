@@ -49,6 +49,8 @@ CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 # a concept's training set: <store>/<name>/data/ is an HF dataset (datasets.load_from_disk reads it) plus our record
 DATA_DIR = "data"
+# a concept's mined negatives: <store>/<name>/negatives/ (yollava.retrieval.mine writes and reads it)
+NEGATIVES_DIR = "negatives"
 DATA_INFO = "training_set.json"
 
 # Names of the protocol's own files next to a target ``<parent>/<name>``.

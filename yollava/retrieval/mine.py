@@ -21,11 +21,10 @@ from yollava.errors import YollavaError
 from yollava.images import IMAGE_SUFFIXES, check_image, file_sha256, scan_image_dir
 from yollava.retrieval.embed import DEFAULT_EMBEDDER, Embedder, as_embedder, default_cache_dir
 from yollava.retrieval.index import Backend, FolderBackend, Hit, check_embedder, load_index
-from yollava.storage import artifact_lock, settle, staged_folder
+from yollava.storage import NEGATIVES_DIR, artifact_lock, settle, staged_folder
 
 log = logging.getLogger(__name__)
 
-NEGATIVES_DIR = "negatives"
 MANIFEST_FILE = "manifest.jsonl"
 RETRIEVAL_FILE = "retrieval.json"
 DOWNLOADS_DIR = "downloads"
