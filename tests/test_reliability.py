@@ -93,7 +93,7 @@ def test_enospc_on_the_store_keeps_the_old_concept_and_is_one_line(tiny_tmpfs, i
     assert code == 0, err
     before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
     fill(tiny_tmpfs, 12 * 1024)
-    code, _, err = run_cli(train_cli(pos, "--negatives", str(neg), "--store", str(store), "--overwrite", "data.positive_ratio=50",
+    code, _, err = run_cli(train_cli(pos, "--negatives", str(neg), "--store", str(store), "--overwrite", "data.seed=1",
                                      f"train.runs_dir={runs}"), capsys, monkeypatch, tiny_tmpfs.parent)
     assert_user_error(code, err, f"cannot write {store / 'bo'}", "no space left on the device (ENOSPC)", "nothing was changed")
     assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
