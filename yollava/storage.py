@@ -45,8 +45,9 @@ RUN_METRICS = "metrics.jsonl"
 RUN_PLOT = "metrics.png"
 RUN_SAMPLES = "train_samples.jsonl"
 RUN_DONE = "DONE"
-CHECKPOINT_JSON = "checkpoint.json"
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+# one file: the rows and optimizer moments as tensors, the run state as JSON in its metadata, so a
+# crash can never pair one epoch's state with another's tensors
+CHECKPOINT_FILE = "checkpoint.safetensors"
 # a concept's training set: <store>/<name>/data/ is an HF dataset (datasets.load_from_disk reads it) plus our record
 DATA_DIR = "data"
 # a concept's mined negatives: <store>/<name>/negatives/ (yollava.retrieval.mine writes and reads it)
@@ -492,6 +493,14 @@ def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], meta
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file onto the CPU (the only weight format yollava reads)."""
     return load_file(str(path), device="cpu")
+
+
+def read_tensor_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (its header only; no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return dict(handle.metadata() or {})
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

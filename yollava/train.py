@@ -29,8 +29,7 @@ from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_i
 from yollava.progress import progress_bar
 from yollava.prompts import ChatFormat, Turn, encode, load_template, render
 from yollava.storage import (
-    CHECKPOINT_JSON,
-    CHECKPOINT_WEIGHTS,
+    CHECKPOINT_FILE,
     CONCEPT_JSON,
     DATA_DIR,
     RUN_CONFIG,
@@ -40,9 +39,9 @@ from yollava.storage import (
     RUN_SAMPLES,
     append_jsonl,
     load_tensors,
+    read_tensor_metadata,
     save_tensors_atomic,
     settle,
-    write_json_atomic,
     write_text_atomic,
     writing,
 )
@@ -116,21 +115,21 @@ class RunState:
             self.best_rows = params.rows()
 
     def save(self, params: ConceptParams, optimizer: torch.optim.Optimizer) -> None:
-        """Write the checkpoint (safetensors for tensors, JSON for the rest), each file atomically."""
+        """Write the checkpoint: one safetensors file, the run state as JSON in its metadata, replaced atomically."""
         tensors, groups = _optimizer_state(optimizer)
         tensors.update(params.rows())
         tensors.update({f"best_{key}": value for key, value in self.best_rows.items()})
-        save_tensors_atomic(self.run_dir / CHECKPOINT_WEIGHTS, tensors)
-        write_json_atomic(self.run_dir / CHECKPOINT_JSON, {
+        state = {
             "epoch": self.epoch, "best": self.best, "history": self.history, "param_groups": groups,
             "images_dir": self.images_dir, "negatives": self.negatives.to_dict(), "overwrite": self.overwrite,
-        })
+        }
+        save_tensors_atomic(self.run_dir / CHECKPOINT_FILE, tensors, metadata={"run_state": json.dumps(state, sort_keys=True)})
 
     @classmethod
     def load(cls, run_dir: Path) -> tuple["RunState", dict[str, torch.Tensor], list[dict[str, Any]]]:
         """A checkpointed run: its state, the checkpoint's tensors and the optimizer's param groups."""
-        saved = json.loads((run_dir / CHECKPOINT_JSON).read_text(encoding="utf-8"))
-        tensors = load_tensors(run_dir / CHECKPOINT_WEIGHTS)
+        saved = json.loads(read_tensor_metadata(run_dir / CHECKPOINT_FILE)["run_state"])
+        tensors = load_tensors(run_dir / CHECKPOINT_FILE)
         state = cls(
             run_dir=run_dir, images_dir=saved["images_dir"], negatives=NegativeSource(**saved["negatives"]),
             overwrite=saved["overwrite"], epoch=saved["epoch"], best=saved["best"], history=saved["history"],
@@ -179,7 +178,7 @@ def find_resumable_run(runs_dir: Path, name: str) -> Path:
     """
     root = runs_dir / name
     candidates = sorted(
-        (p for p in root.glob("*") if (p / CHECKPOINT_JSON).is_file() and not (p / RUN_DONE).exists()),
+        (p for p in root.glob("*") if (p / CHECKPOINT_FILE).is_file() and not (p / RUN_DONE).exists()),
         key=lambda p: p.name,
     ) if root.is_dir() else []
     if not candidates:
@@ -264,7 +263,7 @@ def train_concept(
 def _drop_unresumable_runs(runs: Path, before: set[Path]) -> None:
     """Delete run folders this call created that hold no checkpoint: nothing in them can be resumed."""
     for run in (set(runs.iterdir()) if runs.is_dir() else set()) - before:
-        if run.is_dir() and not (run / CHECKPOINT_JSON).exists():
+        if run.is_dir() and not (run / CHECKPOINT_FILE).exists():
             shutil.rmtree(run, ignore_errors=True)
 
 
