@@ -26,14 +26,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from yollava.concept import load_concept  # noqa: E402
+from yollava.base import Base  # noqa: E402
+from yollava.concept import detach, load_concept  # noqa: E402
 from yollava.config import load_config  # noqa: E402
 from yollava.data import NegativeSource  # noqa: E402
-from yollava.evaluate import recognition_accuracy, yollava_split  # noqa: E402
+from yollava.evaluate import Prompting, evaluate_concept, yollava_split  # noqa: E402
 from yollava.forward import PrefixCache  # noqa: E402
 from yollava.models import load_base  # noqa: E402
-from yollava.prompts import ChatFormat, RecognitionBank  # noqa: E402
 from yollava.storage import write_json_atomic, write_text_atomic  # noqa: E402
+from yollava.toyworld.benchmark import read_benchmark  # noqa: E402
 from yollava.train import train_concept  # noqa: E402
 
 
@@ -47,16 +48,21 @@ def link_folder(folder: Path, files: list[Path]) -> Path:
     return folder
 
 
-def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, console: Console) -> dict:
-    subject = json.loads((data / name / "subject.json").read_text())
-    positives = sorted((data / name / "train").glob("*.png"))[: args.positives]
-    pos_dir = link_folder(work / "positives" / name, positives)
+def concept_config(name: str, work: Path, args: argparse.Namespace):
     overrides = [f"model.name={args.model}", f"train.runs_dir={work / 'runs'}", f"data.seed={args.seed}", f"train.seed={args.seed}"]
     if args.epochs:
         overrides.append(f"train.epochs={args.epochs}")
     overrides.append(f"data.recipe={args.recipe}")
     overrides.extend(args.set)
-    config = load_config(overrides=overrides)
+    return load_config(overrides=overrides)
+
+
+def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, base: Base, features: PrefixCache, console: Console) -> dict:
+    """Train one concept on the shared base, score it on the test split, then detach it."""
+    subject = json.loads((data / name / "subject.json").read_text())
+    positives = sorted((data / name / "train").glob("*.png"))[: args.positives]
+    pos_dir = link_folder(work / "positives" / name, positives)
+    config = concept_config(name, work, args)
     if args.retrieval:
         source = NegativeSource(pool=str(data / "pool"), embedder="toy")
     else:
@@ -64,23 +70,21 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, con
         sample = random.Random(f"{args.seed}-{name}").sample(pool, args.negatives)
         source = NegativeSource(folder=str(link_folder(work / "negatives" / name, sample)))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, console=console)
+    result = train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, base=base, console=console)
     train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
 
-    base = load_base(config.model)
     artifact = load_concept(base, work / "concepts", name)
-    fmt = ChatFormat.load(config.prompt.template)
-    bank = RecognitionBank.load()
     test_pos, test_neg = yollava_split(data, name)
-    cache = PrefixCache(base)  # every test image's prefix computed once, shared by the three methods below
-    tokens = artifact.params.tokens
-    trained = recognition_accuracy(base, fmt, tokens.soft_prompt, bank.eval_prompt(tokens.identifier), test_pos, test_neg, cache)
+    try:
+        trained = evaluate_concept(base, Prompting.soft_prompt(artifact.params.tokens), test_pos, test_neg, features)
+    finally:
+        detach(base, name)
     # vanilla: the same question about the concept by its plain name, no soft prompt
-    vanilla = recognition_accuracy(base, fmt, "", bank.eval_prompt(name), test_pos, test_neg, cache)
+    vanilla = evaluate_concept(base, Prompting.vanilla(name), test_pos, test_neg, features)
     # prompting baseline: the subject's true description in the prompt under a name (the toy tokenizer
     # knows no concept names, so the toy model gets one of its placeholder names)
     called = "<x00>" if args.model == "toy" else name
-    described = recognition_accuracy(base, fmt, f"{called} is {subject['description']}.", bank.eval_prompt(called), test_pos, test_neg, cache)
+    described = evaluate_concept(base, Prompting.described(called, subject["description"]), test_pos, test_neg, features)
     return {
         "concept": name, "lookalike_of": subject.get("lookalike_of"), "differs_in": subject.get("differs_in"),
         "description": subject.get("description"),
@@ -177,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as `yollava train` does (see yollava.cli._flush_denormals)
     console = Console(stderr=True)
-    names = json.loads((args.data / "benchmark.json").read_text())["concepts"]
+    names = read_benchmark(args.data)["concepts"]
     if args.concepts:
         names = names[: args.concepts]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +193,10 @@ def main() -> None:
             k, n = (int(x) for x in args.shard.split("/"))
             names = names[k::n]
         partial = args.out / "results.partial.json"
+        # one base trains and scores every concept in turn (each is detached after it is scored);
+        # the test photos' features are computed once for all of them
+        base = load_base(concept_config(names[0], args.out / "work", args).model) if names else None
+        features = PrefixCache(base) if base is not None else None
         done = {r["concept"]: r for r in json.loads(partial.read_text())} if args.resume and partial.is_file() else {}
         results = []
         for index, name in enumerate(names, 1):
@@ -197,7 +205,7 @@ def main() -> None:
                 results.append(done[name])
                 continue
             console.rule(f"[{index}/{len(names)}] {name}")
-            results.append(run_concept(name, args.data, args.out / "work", args, console))
+            results.append(run_concept(name, args.data, args.out / "work", args, base, features, console))
             write_json_atomic(partial, results)
     summary = summarize(results)
     write_json_atomic(args.out / "results.json", {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "concepts": results})

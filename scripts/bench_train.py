@@ -43,7 +43,7 @@ from yollava.bench.reference import ReferenceLoop, reference_logprobs  # noqa: E
 from yollava.bench.scale import LLAVA_13B_LAYERS, add_decoder_layer, build_scale_base  # noqa: E402
 from yollava.concept import attach, concept_slots, init_concept  # noqa: E402
 from yollava.config import ConceptConfig, HeadRows, ModelConfig  # noqa: E402
-from yollava.evaluate import RecognitionScorer  # noqa: E402
+from yollava.evaluate import YesNoScorer  # noqa: E402
 from yollava.forward import (  # noqa: E402
     FeatureCache, ImageRef, PrefixCache, collate, image_features, pixel_values, prefix_items, split_lengths, supervised_loss,
 )
@@ -166,7 +166,7 @@ class YollavaRunner:
         self.pad = base.tokenizer.pad_token_id or 0
         self.cache = PrefixCache(base, FeatureCache(base), device_gb=args.prefix_cache_gb)
         timings("yollava.warm_per_image", lambda: self.cache.warm(prefix_items(base, samples)), per=len(images))
-        self.scorer = RecognitionScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt,
+        self.scorer = YesNoScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt,
                                         RecognitionBank.load().eval_prompt(params.tokens.identifier), self.cache)
         self.cursor = 0
 
@@ -179,7 +179,7 @@ class YollavaRunner:
         self.optimizer.step()
 
     def score(self) -> None:
-        self.scorer.p_yes([str(p) for p in self.images])
+        self.scorer.logprobs([str(p) for p in self.images])
 
     def recompute(self) -> None:
         """What a prefix that did not fit the budget costs at each use (its image features stay cached)."""
@@ -412,7 +412,7 @@ def main() -> None:
     prefix_len, suffix_len = split_lengths(base, samples[0][0], samples[0][1])
     supervised = sum(1 for x in samples[0][1] if x != -100)
     total = len(samples[0][0])
-    prompt_ids = RecognitionScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt,
+    prompt_ids = YesNoScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt,
                                    RecognitionBank.load().eval_prompt(params.tokens.identifier), FeatureCache(base)).prompt_ids
     say(f"sample: {total} tokens = prefix {prefix_len} (system text, USER:, image) + suffix {suffix_len} ({supervised} supervised)")
     depths = [base.model.config.text_config.num_hidden_layers]

@@ -66,7 +66,7 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     # the default recipe without retrieval: recognition + conversation data, stored as an HF dataset
     assert record["training"]["recipe"] == "recognition+conversation"
     assert 0 < record["training"]["samples"]["conversation"] <= 4 * 10  # 10 questions per positive; empty answers dropped
-    assert (tmp_path / "concepts" / "bo" / "data" / "info.json").is_file()
+    assert (tmp_path / "concepts" / "bo" / "data" / "training_set.json").is_file()
     runs = list((tmp_path / "runs" / "bo").iterdir())
     assert len(runs) == 1 and (runs[0] / "config.yaml").is_file() and (runs[0] / "metrics.jsonl").is_file()
 
@@ -175,7 +175,7 @@ def test_existing_concept_without_overwrite(trained, image_dirs, capsys, monkeyp
     code, _, err = run_cli(train_args(image_dirs[0]), capsys, monkeypatch, trained)
     assert_user_error(code, err, "already exists", "--overwrite")
     assert (trained / "concepts" / "bo" / CONCEPT_WEIGHTS).read_bytes() == before
-    code, _, err = run_cli(train_args(image_dirs[0], "--overwrite"), capsys, monkeypatch, trained)
+    code, _, err = run_cli(train_args(image_dirs[0], "--overwrite", "--negatives", str(image_dirs[1])), capsys, monkeypatch, trained)
     assert code == 0, err
 
 

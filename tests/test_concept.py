@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from yollava.concept import (
+    attached,
+    attached_names,
+    detach,
     attach,
     init_concept,
     load_concept,
@@ -119,13 +122,10 @@ def test_save_then_load_into_fresh_model_gives_identical_logits(tiny_base, tiny_
         with torch.no_grad():
             return base.model(input_ids=ids).logits
 
-    # the trained model holds the last epoch's rows; load the saved (best) rows into it for comparison
-    trained_rows = load_concept(build_tiny_base(), store, "bo").params
-    live = tiny_base.model.get_input_embeddings().slots.concepts["bo"]
-    with torch.no_grad():
-        live.embed_rows.copy_(trained_rows.embed_rows)
-        live.head_rows.copy_(trained_rows.head_rows)
-    assert torch.equal(logits(tiny_base, live), logits(fresh, artifact.params))
+    # training detached its rows from the trainer's base; the saved (best) rows attach to it again
+    assert attached_names(tiny_base) == []
+    again = load_concept(tiny_base, store, "bo")
+    assert torch.equal(logits(tiny_base, again.params), logits(fresh, artifact.params))
     record = json.loads((store / "bo" / CONCEPT_JSON).read_text())
     assert record["tokens"][0] == "<bo>" and record["k"] == 16 and record["hidden_size"] == 64
     assert record["base_model"]["id"] == "tiny"
@@ -161,8 +161,10 @@ def test_concept_from_another_base_is_refused(tmp_path):
     params = init_concept(trainer, "bo", ConceptConfig(k=2))
     attach(trainer, params)
     save_concept(params, trainer, tmp_path)
-    with pytest.raises(YollavaError, match="hidden size .* pass --model tiny"):
+    # the same name with another shape: --model tiny would load the very base that was refused
+    with pytest.raises(YollavaError, match="records base tiny with hidden size 64 .* loaded tiny has 32 .* retrain") as refused:
         load_concept(build_tiny_base(hidden_size=32), tmp_path, "bo")
+    assert "--model" not in str(refused.value)
     record = json.loads((tmp_path / "bo" / CONCEPT_JSON).read_text())
     record["base_model"]["id"] = "llava-hf/llava-1.5-7b-hf"
     (tmp_path / "bo" / CONCEPT_JSON).write_text(json.dumps(record))
@@ -201,3 +203,39 @@ def test_init_methods_give_finite_distinct_latents(tiny_base, init):
     assert torch.isfinite(rows).all()
     if init != "word":
         assert torch.unique(rows, dim=0).shape[0] == 5
+
+
+def test_detach_gives_back_the_base_and_refuses_the_retired_tokens(tiny_base):
+    """peft-style: one base trains and scores many concepts in a row, each attached then detached."""
+    fmt = ChatFormat.load("llava_v1")
+
+    def logits(text):
+        seg = render(fmt, [Turn(text, None)], tiny_base.tokenizer.eos_token)
+        ids = torch.tensor([encode(tiny_base.tokenizer, seg, tiny_base.image_token_id, tiny_base.num_image_tokens).input_ids])
+        with torch.no_grad():
+            return tiny_base.model(input_ids=ids).logits
+
+    before = logits("What colour is the ball?")
+    params = init_concept(tiny_base, "bo", ConceptConfig(k=2))
+    with attached(tiny_base, params) as ids:
+        assert attached_names(tiny_base) == ["bo"]
+        logits(f"{params.tokens.soft_prompt} Is <bo> red?")
+    assert attached_names(tiny_base) == []
+    after = logits("What colour is the ball?")
+    others = [i for i in range(before.shape[-1]) if i not in ids]
+    assert torch.equal(after[..., others], before[..., others])  # every other logit as it was
+    assert (after[..., ids] == torch.finfo(after.dtype).min).all()  # a detached concept is never generated
+    with pytest.raises(YollavaError, match="concept 'bo', which is not loaded"):
+        logits("Is <bo> red?")
+    with pytest.raises(YollavaError, match="not loaded"):
+        detach(tiny_base, "bo")
+    assert attach(tiny_base, params) == ids  # attaching again reuses the same token ids
+    logits("Is <bo> red?")
+
+
+def test_attached_detaches_on_errors(tiny_base):
+    params = init_concept(tiny_base, "bo", ConceptConfig(k=1))
+    with pytest.raises(RuntimeError):
+        with attached(tiny_base, params):
+            raise RuntimeError("boom")
+    assert attached_names(tiny_base) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import yollava.chat
 from conftest import make_image
 from yollava.config import Category, Recipe, load_config
 from yollava.data import (
@@ -25,21 +24,24 @@ def data_config(**values):
     return load_config(overrides=[f"data.{k}={v}" for k, v in values.items()]).data
 
 
-def fake_answers(monkeypatch, text="This subject is a red ball. The subject has no accessory."):
-    """Stand in for the base model's answers (the tiny model's are random text) and count the calls."""
-    calls = {"n": 0}
+class FakeAnswerer:
+    """Stands in for the base model (the tiny model's answers are random text); counts the questions asked."""
 
-    def answer(*args, **kwargs):
-        calls["n"] += 1
-        return text
+    model_id = "fake"
 
-    def answers(base, prompts, *args, **kwargs):
-        calls["n"] += len(prompts)
-        return [text] * len(prompts)
+    def __init__(self, text="This subject is a red ball. The subject has no accessory.", person_votes=(False,)):
+        self.text = text
+        self.person_votes = person_votes
+        self.n = 0
+        self.asked_yes: list[tuple[str, list[str]]] = []
 
-    monkeypatch.setattr(yollava.chat, "greedy_generate", answer)
-    monkeypatch.setattr(yollava.chat, "greedy_generate_batch", answers)
-    return calls
+    def answer(self, image, questions):
+        self.n += len(questions)
+        return [self.text] * len(questions)
+
+    def yes(self, question, images):
+        self.asked_yes.append((question, list(images)))
+        return [self.person_votes[i % len(self.person_votes)] for i in range(len(images))]
 
 
 def test_conversation_bank_has_ten_questions_per_category():
@@ -52,11 +54,11 @@ def test_conversation_bank_has_ten_questions_per_category():
 
 def test_conversation_samples_are_text_only_and_name_the_identifier(tiny_base, image_dirs, tmp_path, monkeypatch):
     pos, neg = image_dirs
-    calls = fake_answers(monkeypatch)
+    calls = FakeAnswerer()
     images = gather_images("bo", pos, tmp_path, NegativeSource(folder=str(neg)), data_config())
-    samples, info = build_training_set(tiny_base, "bo", images, tmp_path, data_config(recipe="recognition+conversation", category="other"))
+    samples, info = build_training_set(calls, "bo", images, tmp_path, data_config(recipe="recognition+conversation", category="other"))
     conversation = [s for s in samples if s.kind == "conversation"]
-    assert calls["n"] == len(conversation) == 4 * 10
+    assert calls.n == len(conversation) == 4 * 10
     assert all(s.image is None and "<bo>" in s.question for s in conversation)
     assert conversation[0].answer == "<bo> is a red ball. <bo> has no accessory."
     assert all("this subject" not in s.question.lower() for s in conversation)
@@ -66,32 +68,36 @@ def test_conversation_samples_are_text_only_and_name_the_identifier(tiny_base, i
 
 def test_stored_dataset_schema_and_reuse(tiny_base, image_dirs, tmp_path, monkeypatch):
     pos, neg = image_dirs
-    calls = fake_answers(monkeypatch, "Riley has brown hair.")
+    calls = FakeAnswerer("Riley has brown hair.")
     config = data_config(category="person")
     images = gather_images("bo", pos, tmp_path, NegativeSource(folder=str(neg)), config)
-    samples, _ = build_training_set(tiny_base, "bo", images, tmp_path, config)
+    samples, _ = build_training_set(calls, "bo", images, tmp_path, config)
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(tmp_path / "bo" / "data" / "dataset"))
+    dataset = load_from_disk(str(tmp_path / "bo" / "data"))  # the path the docs give
     assert list(dataset.features) == list(DATA_FEATURES)
     assert set(dataset["kind"]) == {"recognition_positive", "recognition_negative_easy", "conversation"}
     assert all((row["image"] is None) == (row["kind"] == "conversation") for row in dataset)
     assert len(dataset) == len(samples)
     assert load_training_set(tmp_path / "bo" / "data")[0] == samples
 
-    first = calls["n"]
-    again, _ = build_training_set(tiny_base, "bo", images, tmp_path, config)
-    assert calls["n"] == first and again == samples  # reused: nothing regenerated
+    first = calls.n
+    again, _ = build_training_set(calls, "bo", images, tmp_path, config)
+    assert calls.n == first and again == samples  # reused: nothing regenerated
     make_image(pos / "p9.png", (255, 0, 0))
     changed = gather_images("bo", pos, tmp_path, NegativeSource(folder=str(neg)), config)
-    rebuilt, _ = build_training_set(tiny_base, "bo", changed, tmp_path, config)
-    assert calls["n"] == first + 50 and len(rebuilt) > len(samples)
+    rebuilt, _ = build_training_set(calls, "bo", changed, tmp_path, config)
+    assert calls.n == first + 50 and len(rebuilt) > len(samples)
+    other_base = FakeAnswerer("Riley has brown hair.")
+    other_base.model_id = "another-base"
+    build_training_set(other_base, "bo", changed, tmp_path, config)
+    assert other_base.n == 50  # another base's answers are not reused
 
 
 def test_crash_while_saving_keeps_the_old_training_set(tiny_base, image_dirs, tmp_path, monkeypatch):
     pos, neg = image_dirs
     images = gather_images("bo", pos, tmp_path, NegativeSource(folder=str(neg)), data_config())
-    samples, _ = build_training_set(tiny_base, "bo", images, tmp_path, data_config(recipe="recognition"))
+    samples, _ = build_training_set(None, "bo", images, tmp_path, data_config(recipe="recognition"))
     import datasets
 
     def broken(self, *args, **kwargs):
@@ -125,12 +131,11 @@ def test_full_recipe_with_mined_hard_negatives(tiny_base, image_dirs, tmp_path, 
     rng = np.random.default_rng(0)
     for i in range(40):  # noise pictures: distinct even under the random tiny embedder
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(pool / f"c{i}.png")
-    fake_answers(monkeypatch)
     source = NegativeSource(pool=str(pool), per_image=3, easy=5, embedder="tiny")
     config = data_config(category="other")
     images = gather_images("bo", pos, tmp_path / "store", source, config)
     assert len(images.negatives_hard) == 12 and len(images.negatives_easy) == 5
-    samples, info = build_training_set(tiny_base, "bo", images, tmp_path / "store", config)
+    samples, info = build_training_set(FakeAnswerer(), "bo", images, tmp_path / "store", config)
     assert info["recipe"] == "full"
     hard = [s for s in samples if s.kind == "recognition_negative_hard"]
     assert len(hard) == 12 and all(s.source.startswith(str(pool)) and s.image.startswith(str(tmp_path / "store")) for s in hard)
@@ -139,9 +144,34 @@ def test_full_recipe_with_mined_hard_negatives(tiny_base, image_dirs, tmp_path, 
     assert again.negatives_hard == images.negatives_hard
 
 
-def test_category_auto_asks_the_base_model(tiny_base, image_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("votes, expected", [((True,), "person"), ((False,), "other"), ((True, False), "other"), ((True, True, False), "person")])
+def test_category_auto_is_the_majority_of_the_base_models_verdicts(image_dirs, tmp_path, votes, expected):
     pos, neg = image_dirs
-    fake_answers(monkeypatch)
+    answerer = FakeAnswerer(person_votes=votes)
     images = gather_images("bo", pos, tmp_path, NegativeSource(folder=str(neg)), data_config())
-    _, info = build_training_set(tiny_base, "bo", images, tmp_path, data_config(category=Category.auto.value))
-    assert info["category"] in ("person", "other")
+    samples, info = build_training_set(answerer, "bo", images, tmp_path, data_config(category=Category.auto.value))
+    assert info["category"] == expected
+    assert answerer.asked_yes == [(ConversationBank.load().category_question, images.positives)]
+    questions = {s.question for s in samples if s.kind == "conversation"}
+    assert questions == {q.replace("{name}", "<bo>") for q in ConversationBank.load().questions[expected]}
+
+
+def test_the_base_answers_with_the_training_feature_cache(tiny_base, image_dirs):
+    """The base's answers and verdicts go through the one feature cache training reads next."""
+    from yollava.evaluate import YesNoScorer
+    from yollava.forward import FeatureCache
+    from yollava.prepare import BaseAnswerer
+    from yollava.prompts import ChatFormat
+
+    pos, _ = image_dirs
+    features = FeatureCache(tiny_base)
+    fmt = ChatFormat.load("llava_v1")
+    answerer = BaseAnswerer(tiny_base, fmt, features, max_new_tokens=4)
+    question = ConversationBank.load().category_question
+    images = sorted(str(p) for p in pos.iterdir())
+    verdicts = answerer.yes(question, images)
+    expected = [y > n for y, n in YesNoScorer(tiny_base, fmt, "", question, FeatureCache(tiny_base)).logprobs(images)]
+    assert verdicts == expected
+    answers = answerer.answer(images[0], ["What colour is this subject?", "What shape is this subject?"])
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert features.computed == len(images)  # each photo through the tower once

@@ -13,7 +13,7 @@ import torch
 
 from yollava.concept import attach, init_concept
 from yollava.config import ConceptConfig
-from yollava.evaluate import RecognitionScorer
+from yollava.evaluate import YesNoScorer
 from yollava.forward import FeatureCache, PrefixCache, collate, prefix_items, supervised_loss
 from yollava.prompts import ChatFormat, RecognitionBank
 
@@ -56,9 +56,9 @@ def _run(base, tmp_path) -> dict:
         torch.cuda.synchronize()
         steps.append(time.perf_counter() - start)
         assert torch.isfinite(loss)
-    scorer = RecognitionScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt, RecognitionBank.load().eval_prompt("<bo>"), cache)
+    scorer = YesNoScorer(base, ChatFormat.load("llava_v1"), params.tokens.soft_prompt, RecognitionBank.load().eval_prompt("<bo>"), cache)
     start = time.perf_counter()
-    scores = scorer.p_yes([str(p) for p in images])
+    scores = scorer.logprobs([str(p) for p in images])
     torch.cuda.synchronize()
     figures = {
         "peak_gib": torch.cuda.max_memory_allocated() / GIB, "warm_s_per_image": warm_s / N_IMAGES,

@@ -8,7 +8,7 @@ import torch
 from yollava.chat import greedy_generate, greedy_generate_batch
 from yollava.concept import attach, init_concept
 from yollava.config import ConceptConfig, ModelConfig, load_config
-from yollava.evaluate import RecognitionScorer
+from yollava.evaluate import YesNoScorer
 from yollava.forward import (
     FeatureCache,
     ImageRef,
@@ -115,7 +115,7 @@ def test_each_prefix_is_computed_once_and_shared_by_questions_concepts_and_metho
     fmt = ChatFormat.load("llava_v1")
     before = cache.stats.computed
     for prefix, question in ((params.tokens.soft_prompt, "Is <bo> in this photo?"), ("", "Is bo in this photo?"), ("bo is a red ball.", "Is bo here?")):
-        RecognitionScorer(base, fmt, prefix, question, cache).p_yes([str(p) for p in photos])
+        YesNoScorer(base, fmt, prefix, question, cache).logprobs([str(p) for p in photos])
     assert cache.stats.computed == before  # scoring methods and questions reuse the training prefixes
 
 

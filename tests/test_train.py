@@ -68,14 +68,14 @@ def test_run_writes_config_metrics_and_concept(tiny_base, tiny_config, image_dir
 def script_scores(monkeypatch, weighted: list[float]) -> None:
     """Make the per-epoch recognition scores follow ``weighted`` (the tiny model's sit at chance)."""
     scores = iter(weighted)
-    real = train_module._score_training_images
+    real = train_module.evaluate_concept
 
     def fake_scores(*args, **kwargs):
         result = real(*args, **kwargs)
         result.weighted = next(scores)
         return result
 
-    monkeypatch.setattr(train_module, "_score_training_images", fake_scores)
+    monkeypatch.setattr(train_module, "evaluate_concept", fake_scores)
 
 
 def test_best_epoch_rows_are_the_ones_saved(tiny_base, tiny_config, image_dirs, tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrup
 
     tiny_config.train.epochs = 3
     calls = {"n": 0}
-    real = train_module._score_training_images
+    real = train_module.evaluate_concept
 
     def crash_in_epoch_two(*args, **kwargs):
         calls["n"] += 1
@@ -132,11 +132,11 @@ def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrup
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_score_training_images", crash_in_epoch_two)
+    monkeypatch.setattr(train_module, "evaluate_concept", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train_concept(tiny_config, "bo", pos, neg, store=store, overwrite=True, base=build_tiny_base())
     assert {name: (store / "bo" / name).read_bytes() for name in before} == before
-    monkeypatch.setattr(train_module, "_score_training_images", real)
+    monkeypatch.setattr(train_module, "evaluate_concept", real)
 
     resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
     assert len(resumed.history) == 3
@@ -166,3 +166,34 @@ def test_large_negative_folder_is_sampled_with_a_seed(tmp_path, image_dirs):
     assert len(first.negatives) == 5 and first.negatives == collect_images(pos, neg, config).negatives
     config.seed = 1
     assert collect_images(pos, neg, config).negatives != first.negatives
+
+
+def test_a_crash_while_checkpointing_resumes_from_the_previous_checkpoint(tiny_config, image_dirs, tmp_path, monkeypatch):
+    """The checkpoint is one file (the state rides in its metadata), so no crash can pair two epochs' halves."""
+    pos, neg = image_dirs
+    tiny_config.train.epochs = 3
+    reference = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "ref", base=build_tiny_base())
+    ref_rows = load_tensors(reference.run_dir / "checkpoint.safetensors")
+
+    real = train_module.save_tensors_atomic
+    calls = {"n": 0}
+
+    def crash_on_second_checkpoint(path, *args, **kwargs):
+        if path.name == "checkpoint.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_tensors_atomic", crash_on_second_checkpoint)
+    store = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        train_concept(tiny_config, "bo", pos, neg, store=store, base=build_tiny_base())
+    monkeypatch.setattr(train_module, "save_tensors_atomic", real)
+    run = next((tmp_path / "runs" / "bo").iterdir())
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint.safetensors"]
+    resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    rows = load_tensors(resumed.run_dir / "checkpoint.safetensors")
+    for key in ("embed_rows", "head_rows", "best_embed_rows"):
+        torch.testing.assert_close(rows[key], ref_rows[key], rtol=0, atol=1e-6)

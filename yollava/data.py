@@ -1,4 +1,4 @@
-"""Building a concept's training set: recognition samples for every image, plus text-only samples."""
+"""A concept's training set: recognition samples for every image, conversation samples answered by the base, storage as an HF dataset."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import random
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from yollava.config import Category, DataConfig, Recipe
 from yollava.errors import YollavaError
 from yollava.images import file_sha256, scan_image_dir
-from yollava.prompts import RecognitionBank
+from yollava.prompts import RecognitionBank, load_template
+from yollava.storage import DATA_DIR, DATA_INFO, dump_json, settle, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def positive_repeats(n_positive: int, n_negative: int, config: DataConfig) -> in
     """How many recognition samples each positive image gets so the classes balance.
 
     With 5 positives against 200 negatives and ratio 1.0, each positive is asked 40 different
-    ways; without this, training collapses to answering "No" (DESIGN.md §2).
+    ways; without this, training collapses to answering "No" (seen in our probes; the reference data
+    for one subject carried 67 positive Q/A on 4 photos against ~214 negatives).
     """
     if n_positive == 0:
         return 0
@@ -179,8 +181,6 @@ class ConversationBank:
 
     @classmethod
     def load(cls, name: str = "conversation") -> "ConversationBank":
-        from yollava.prompts import load_template
-
         data = load_template(name)
         cats = ("person", "other")
         return cls(
@@ -198,43 +198,42 @@ class ConversationBank:
         return text
 
 
-def detect_category(base: Any, positives: Sequence[str], bank: ConversationBank, template: str) -> str:
-    """"person" or "other": the base model's Yes/No verdict on each positive, majority vote."""
-    from yollava.evaluate import RecognitionScorer
-    from yollava.forward import FeatureCache
-    from yollava.prompts import ChatFormat
+class Answerer(Protocol):
+    """The frozen base as the training set needs it (built by :func:`yollava.prepare.base_answerer`).
 
-    scorer = RecognitionScorer(base, ChatFormat.load(template), "", bank.category_question, FeatureCache(base))
-    votes = [lp_yes > lp_no for lp_yes, lp_no in scorer.p_yes(list(positives))]
+    Attributes:
+        model_id: recorded as the answers' provenance.
+    """
+
+    model_id: str
+
+    def answer(self, image: str, questions: Sequence[str]) -> list[str]:
+        """Greedy answers to each question while looking at ``image``."""
+
+    def yes(self, question: str, images: Sequence[str]) -> list[bool]:
+        """Whether the answer to ``question`` about each image starts with Yes rather than No."""
+
+
+def detect_category(answerer: Answerer, positives: Sequence[str], bank: ConversationBank) -> str:
+    """"person" or "other": the base model's Yes/No verdict on each positive, majority vote."""
+    votes = answerer.yes(bank.category_question, positives)
     return "person" if sum(votes) * 2 > len(votes) else "other"
 
 
 def conversation_samples(
-    base: Any, positives: Sequence[str], identifier: str, category: str, bank: ConversationBank,
-    template: str, max_new_tokens: int, progress: Callable[[int], None] | None = None,
+    answerer: Answerer, positives: Sequence[str], identifier: str, category: str, bank: ConversationBank,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Sample]:
     """Ask the base model every attribute question about every positive, then store it text-only.
 
     The model sees the photo and a neutral stand-in name ("Riley" / "this subject"); the stand-in is
     replaced by the identifier in question and answer, and the sample is stored without the photo.
     """
-    from yollava.chat import greedy_generate_batch
-    from yollava.forward import ImageRef, PrefixCache
-    from yollava.prompts import ChatFormat, Turn, encode, render
-
-    fmt = ChatFormat.load(template)
-    cache = PrefixCache(base)
     stand_in = bank.stand_in[category]
+    questions = bank.questions[category]
     samples = []
     for path in positives:
-        questions = bank.questions[category]
-        prompts = [
-            encode(base.tokenizer, render(fmt, [Turn(q.replace("{name}", stand_in), None, images=1)], base.tokenizer.eos_token),
-                   base.image_token_id, base.num_image_tokens).input_ids
-            for q in questions
-        ]
-        # one batch per photo: its prefix (system text + image) is computed once for all its questions
-        answers = greedy_generate_batch(base, prompts, [[ImageRef(path)]] * len(prompts), cache, max_new_tokens)
+        answers = answerer.answer(path, [q.replace("{name}", stand_in) for q in questions])
         for question, answer in zip(questions, answers):
             if not answer:
                 continue  # an empty answer teaches nothing; it is counted in the summary
@@ -243,10 +242,10 @@ def conversation_samples(
                 answer=bank.personalize(answer, category, identifier),
                 kind=SampleKind.conversation.value,
                 source=path,
-                provenance=f"answered by {base.model_id} looking at {Path(path).name} as '{stand_in}'",
+                provenance=f"answered by {answerer.model_id} looking at {Path(path).name} as '{stand_in}'",
             ))
-            if progress:
-                progress(1)
+        if progress:
+            progress(len(questions))
     return samples
 
 
@@ -258,39 +257,29 @@ DATA_FEATURES = {
 }
 
 
-def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any]) -> Path:
-    """Store samples as an HF dataset at ``folder`` (+ ``info.json``), replacing it atomically.
+def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any], lock_target: str | Path | None = None) -> Path:
+    """Store samples as an HF dataset at ``folder`` (+ our ``training_set.json``), replacing it as one unit.
 
-    Written into a sibling temp folder first; the old folder is swapped out only once the new one is
-    complete, so a crash leaves either the old or the new set, never a mix.
+    ``datasets.load_from_disk(folder)`` reads it as it is. Staged and swapped in by
+    :func:`yollava.storage.staged_folder` under the lock of ``lock_target`` (default: the folder
+    holding it, i.e. the concept's), so a crash leaves the old set or the new one, never a mix.
+
+    Raises:
+        YollavaError: another process writes the concept, or a write failed (one line; nothing changed).
     """
-    import shutil
-    import tempfile
-
     from datasets import Dataset, Features, Value
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     features = Features({key: Value(kind) for key, kind in DATA_FEATURES.items()})
     rows = [{key: getattr(s, key) for key in DATA_FEATURES} for s in samples]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        Dataset.from_list(rows, features=features).save_to_disk(str(tmp / "dataset"))
-        (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with staged_folder(folder, lock_target=lock_target or folder.parent) as staged:
+        Dataset.from_list(rows, features=features).save_to_disk(str(staged))
+        (staged / DATA_INFO).write_text(dump_json(info), encoding="utf-8")
     return folder
 
 
 def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]:
-    """Read a stored training set (samples, info).
+    """Read a stored training set (samples, info), after the storage protocol's recovery.
 
     Raises:
         YollavaError: missing or damaged folder.
@@ -298,12 +287,17 @@ def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]
     from datasets import load_from_disk
 
     folder = Path(folder)
+    settle(folder.parent)
+    found = settle(folder, lock_target=folder.parent) or folder
     try:
-        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
-        dataset = load_from_disk(str(folder / "dataset"))
+        info = json.loads((found / DATA_INFO).read_text(encoding="utf-8"))
+        dataset = load_from_disk(str(found))
+        samples = [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset]
     except Exception as exc:  # datasets/json raise several classes for a damaged folder
         raise YollavaError(f"{folder}: damaged training set ({exc.__class__.__name__}); rebuild it with `yollava build-data ... --overwrite`") from exc
-    return [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset], info
+    if not isinstance(info, dict):
+        raise YollavaError(f"{folder / DATA_INFO}: not a training-set record; rebuild it with `yollava build-data ... --overwrite`")
+    return samples, info
 
 
 # ----------------------------------------------------------------------------- building it all
@@ -351,7 +345,10 @@ def gather_images(name: str, images_dir: str | Path, store: str | Path, source: 
     else:
         from yollava.retrieval.mine import RETRIEVAL_FILE, negatives_dir, read_negatives
 
-        if (negatives_dir(store, name) / RETRIEVAL_FILE).is_file():
+        stored = negatives_dir(store, name)
+        settle(stored.parent)
+        found = settle(stored, lock_target=stored.parent)  # a crash mid-swap leaves them in .negatives.old
+        if found is not None and (found / RETRIEVAL_FILE).is_file():
             negative_set = read_negatives(name, store)
             log.info("using the %d negatives stored by `yollava retrieve` in %s", len(negative_set.records), negative_set.directory)
     if negative_set is not None:
@@ -378,10 +375,15 @@ def resolve_recipe(recipe: Recipe, images: ImageSets) -> Recipe:
     return recipe
 
 
-def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataConfig) -> dict[str, Any]:
-    """What a stored training set was built from; a stored set is reused only when this matches."""
+def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataConfig, answered_by: str | None = None) -> dict[str, Any]:
+    """What a stored training set was built from; a stored set is reused only when this matches.
+
+    ``answered_by`` (the base's id) counts only for recipes with conversation data: its answers are in them.
+    """
     text = config.text_samples
+    conversation = recipe in (Recipe.recognition_conversation, Recipe.full)
     return {
+        "answered_by": {"model": answered_by, "max_new_tokens": config.conversation_max_new_tokens} if conversation else None,
         "name": name,
         "recipe": recipe.value,
         "category": config.category.value,
@@ -396,70 +398,67 @@ def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataC
 
 
 def build_training_set(
-    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str = "llava_v1",
+    answerer: Answerer | None, name: str, images: ImageSets, store: str | Path, config: DataConfig,
     rebuild: bool = False, progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+    save_to: str | Path | None = None,
 ) -> tuple[list[Sample], dict[str, Any]]:
     """Build (or reuse) ``<store>/<name>/data/``: recognition samples, conversation samples, text samples.
 
     Args:
-        base: the frozen base (answers the conversation questions; identifies the category).
+        answerer: the frozen base (answers the conversation questions; identifies the category);
+            only asked when the recipe has conversation data and no matching set is stored.
         name: concept name.
         images: positives and negatives from :func:`gather_images`.
         store: concept store.
         config: data settings (recipe, category, balance, seed).
-        template: chat format name.
         rebuild: ignore a stored set even if it matches.
         progress / on_total: progress callbacks for the conversation generation.
+        save_to: where a newly built set is written (default the store's ``data/``); a training run
+            passes its own folder so the store changes only when the concept is saved with it.
+            A matching set there is reused first.
 
     Returns:
         (samples, info) where info records the key, resolved recipe and category, and counts.
+
+    Raises:
+        ValueError: conversation data is needed but no answerer was given.
     """
     from yollava.concept import ConceptTokens, concept_dir
-    from yollava.prompts import RecognitionBank
 
     recipe = resolve_recipe(config.recipe, images)
-    key = training_set_key(name, images, recipe, config)
-    folder = concept_dir(store, name) / "data"
-    if folder.is_dir() and not rebuild:
+    key = training_set_key(name, images, recipe, config, getattr(answerer, "model_id", None))
+    stored = concept_dir(store, name) / DATA_DIR
+    folder = Path(save_to) if save_to is not None else stored
+    for candidate in dict.fromkeys([folder, stored]) if not rebuild else ():
+        settle(candidate.parent)
+        if settle(candidate, lock_target=candidate.parent) is None:
+            continue
         try:
-            samples, info = load_training_set(folder)
+            samples, info = load_training_set(candidate)
         except YollavaError as exc:
             log.warning("%s; rebuilding it", exc)
-        else:
-            if info.get("key") == key:
-                log.info("reusing the training set in %s (%d samples)", folder, len(samples))
-                return samples, info
-            log.info("the training set in %s was built from other inputs; rebuilding it", folder)
+            continue
+        if info.get("key") == key:
+            log.info("reusing the training set in %s (%d samples)", candidate, len(samples))
+            return samples, info
+        log.info("the training set in %s was built from other inputs; rebuilding it", candidate)
     identifier = ConceptTokens(name, 0).identifier
     kept = images if recipe == Recipe.full else ImageSets(images.positives, [], images.negatives_easy, images.origin)
     samples = recognition_samples(kept, identifier, RecognitionBank.load(), config)
     category = None
     if recipe in (Recipe.recognition_conversation, Recipe.full):
+        if answerer is None:
+            raise ValueError(f"recipe {recipe.value} needs the base model to answer the conversation questions")
         bank = ConversationBank.load()
-        category = config.category.value if config.category != Category.auto else detect_category(base, images.positives, bank, template)
+        category = config.category.value if config.category != Category.auto else detect_category(answerer, images.positives, bank)
         if on_total:
             on_total(len(images.positives) * len(bank.questions[category]))
-        samples += conversation_samples(base, images.positives, identifier, category, bank, template, config.conversation_max_new_tokens, progress)
+        samples += conversation_samples(answerer, images.positives, identifier, category, bank, progress)
     if config.text_samples:
         samples += load_text_samples(config.text_samples, identifier)
     info = {
         "key": key, "recipe": recipe.value, "category": category, "counts": summarize(samples),
-        "base_model": getattr(base, "model_id", None), "format_version": 1,
+        "base_model": getattr(answerer, "model_id", None), "format_version": 1,
     }
     save_training_set(samples, folder, info)
     return samples, info
-
-
-def prepare_training_set(
-    base: Any, name: str, images: ImageSets, store: str | Path, config: DataConfig, template: str,
-    console: Any, rebuild: bool = False,
-) -> tuple[list[Sample], dict[str, Any]]:
-    """:func:`build_training_set` with a progress bar (conversation generation is the slow part)."""
-    from yollava.progress import progress_bar
-
-    with progress_bar(console) as progress:
-        task = progress.add_task("conversation data", total=None, info="")
-        return build_training_set(
-            base, name, images, store, config, template, rebuild=rebuild,
-            progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
-        )

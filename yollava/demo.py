@@ -18,10 +18,10 @@ from yollava.chat import ChatSession
 from yollava.concept import load_concept
 from yollava.config import load_config
 from yollava.data import NegativeSource
-from yollava.evaluate import recognition_accuracy, yollava_split
-from yollava.forward import FeatureCache
+from yollava.evaluate import Prompting, evaluate_concept, yollava_split
+from yollava.forward import PrefixCache
 from yollava.models import load_base
-from yollava.prompts import ChatFormat, RecognitionBank
+from yollava.prompts import ChatFormat
 from yollava.toyworld.benchmark import generate_benchmark
 from yollava.train import train_concept
 
@@ -70,8 +70,7 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
     negatives = NegativeSource(pool=str(world / "pool"), embedder="toy")
     train_concept(config, CONCEPT, world / CONCEPT / "train", negatives, store=store, overwrite=True, base=base, console=console)
 
-    base = load_base(config.model)
-    concept = load_concept(base, store, CONCEPT)
+    concept = load_concept(base, store, CONCEPT)  # training detached its rows; these are the saved best epoch's
     fmt = ChatFormat.load(config.prompt.template)
     session = ChatSession(base, [concept], fmt, max_new_tokens=24)
     identifier = concept.params.tokens.identifier
@@ -84,11 +83,9 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
     question = f"What colour is {identifier}?"
     console.print(f"[bold]you>[/bold] {question}  (no image)\n[bold]yollava>[/bold] {session.ask(question)}")
 
-    tokens = concept.params.tokens
-    bank = RecognitionBank.load()
-    cache = FeatureCache(base)
-    result = recognition_accuracy(base, fmt, tokens.soft_prompt, bank.eval_prompt(identifier), positives, negatives_test, cache)
-    vanilla = recognition_accuracy(base, fmt, "", bank.eval_prompt(CONCEPT), positives, negatives_test, cache)
+    features = PrefixCache(base)  # each test photo's prefix computed once for both scores
+    result = evaluate_concept(base, Prompting.soft_prompt(concept.params.tokens), positives, negatives_test, features, fmt)
+    vanilla = evaluate_concept(base, Prompting.vanilla(CONCEPT), positives, negatives_test, features, fmt)
     console.print(
         f"test recognition of {identifier} ({len(positives)} photos of it, {len(negatives_test)} of other subjects): "
         f"positive {result.positive:.2f}, negative {result.negative:.2f}, weighted {result.weighted:.2f} "

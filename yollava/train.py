@@ -1,11 +1,12 @@
-"""The Yo'LLaVA recipe: setup → epochs (train, score recognition, checkpoint) → keep the best epoch → save."""
+"""The Yo'LLaVA recipe: setup → epochs (train, score recognition on the training photos, checkpoint) → keep the best epoch → save."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,30 +15,24 @@ import torch
 from rich.console import Console
 
 import yollava
-from yollava.concept import (
-    ConceptParams,
-    attach,
-    concept_dir,
-    init_concept,
-    save_concept,
-    validate_name,
-)
-from yollava.config import Config, config_to_dict, config_to_yaml, load_config
-from yollava.data import NegativeSource, Sample, gather_images, prepare_training_set, resolve_recipe, summarize
-from yollava.errors import YollavaError
-from yollava.evaluate import RecognitionResult, recognition_accuracy
-from yollava.batching import epoch_batches
-from yollava.forward import ImageRef, collate, make_cache, split_lengths, supervised_loss
-from yollava.images import file_sha256
 from yollava.base import Base
+from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
+from yollava.config import Config, config_to_dict, config_to_yaml, load_config
+from yollava.data import NegativeSource, Sample, summarize
+from yollava.errors import YollavaError
+from yollava.evaluate.recognition import Prompting, RecognitionResult, evaluate_concept
+from yollava.batching import epoch_batches
+from yollava.forward import FeatureCache, ImageRef, PrefixCache, collate, make_cache, prefix_items, split_lengths, supervised_loss
+from yollava.images import file_sha256
 from yollava.models import load_base
 from yollava.plots import plot_training_history
+from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_inputs
 from yollava.progress import progress_bar
-from yollava.prompts import ChatFormat, RecognitionBank, Turn, encode, load_template, render
+from yollava.prompts import ChatFormat, Turn, encode, load_template, render
 from yollava.storage import (
-    CHECKPOINT_JSON,
-    CHECKPOINT_WEIGHTS,
+    CHECKPOINT_FILE,
     CONCEPT_JSON,
+    DATA_DIR,
     RUN_CONFIG,
     RUN_DONE,
     RUN_METRICS,
@@ -45,9 +40,11 @@ from yollava.storage import (
     RUN_SAMPLES,
     append_jsonl,
     load_tensors,
+    read_tensor_metadata,
     save_tensors_atomic,
-    write_json_atomic,
+    settle,
     write_text_atomic,
+    writing,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +63,8 @@ class TrainResult:
 
 @dataclass
 class EncodedSample:
+    """A training sample as token ids, labels (answer tokens only) and the images it shows."""
+
     input_ids: list[int]
     labels: list[int]
     images: list[ImageRef]
@@ -87,6 +86,71 @@ def encode_samples(base: Base, fmt: ChatFormat, prefix: str, samples: Sequence[S
         refs = [ImageRef(sample.image, sample.variant)] if sample.image else []
         out.append(EncodedSample(encoded.input_ids, encoded.labels, refs))
     return out
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+@dataclass
+class RunState:
+    """Everything a run carries from epoch to epoch; its checkpoint is this plus the rows and the optimizer.
+
+    A resumed run reloads it and continues at ``epoch`` as if it had never stopped.
+    """
+
+    run_dir: Path
+    images_dir: str
+    negatives: NegativeSource
+    overwrite: bool
+    epoch: int = 0  # epochs finished
+    best: dict[str, Any] = field(default_factory=lambda: {"weighted": -1.0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def record(self, record: dict[str, Any], result: RecognitionResult, params: ConceptParams) -> None:
+        """Add an epoch's metrics; keep its rows if it beats the best so far (strictly: ties keep the earlier)."""
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        if result.weighted > self.best["weighted"]:
+            self.best = {"epoch": record["epoch"], **result.summary(), "loss": record["loss"]}
+            self.best_rows = params.rows()
+
+    def save(self, params: ConceptParams, optimizer: torch.optim.Optimizer) -> None:
+        """Write the checkpoint: one safetensors file, the run state as JSON in its metadata, replaced atomically."""
+        tensors, groups = _optimizer_state(optimizer)
+        tensors.update(params.rows())
+        tensors.update({f"best_{key}": value for key, value in self.best_rows.items()})
+        state = {
+            "epoch": self.epoch, "best": self.best, "history": self.history, "param_groups": groups,
+            "images_dir": self.images_dir, "negatives": self.negatives.to_dict(), "overwrite": self.overwrite,
+        }
+        save_tensors_atomic(self.run_dir / CHECKPOINT_FILE, tensors, metadata={"run_state": json.dumps(state, sort_keys=True)})
+
+    @classmethod
+    def load(cls, run_dir: Path) -> tuple["RunState", dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """A checkpointed run: its state, the checkpoint's tensors and the optimizer's param groups."""
+        saved = json.loads(read_tensor_metadata(run_dir / CHECKPOINT_FILE)["run_state"])
+        tensors = load_tensors(run_dir / CHECKPOINT_FILE)
+        state = cls(
+            run_dir=run_dir, images_dir=saved["images_dir"], negatives=NegativeSource(**saved["negatives"]),
+            overwrite=saved["overwrite"], epoch=saved["epoch"], best=saved["best"], history=saved["history"],
+            best_rows={key: tensors[f"best_{key}"] for key in ("embed_rows", "head_rows")},
+        )
+        return state, tensors, saved["param_groups"]
+
+    def restore(self, params: ConceptParams, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+        """Put the checkpoint's rows and optimizer moments back."""
+        params.load_rows(tensors)
+        _load_optimizer_state(optimizer, tensors, groups)
+
+    def stop_reason(self, patience: int, epochs: int) -> str | None:
+        """Why training ends before ``epochs``, or None to go on."""
+        if patience and self.epoch - self.best["epoch"] >= patience:
+            return f"early stop: no improvement for {patience} epochs"
+        if self.best["weighted"] >= 1.0 and self.epoch < epochs:
+            # only a strictly better epoch replaces the best one: nothing later can be kept
+            return f"stop after epoch {self.epoch}: every training image is recognised, no later epoch can do better"
+        return None
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -115,7 +179,7 @@ def find_resumable_run(runs_dir: Path, name: str) -> Path:
     """
     root = runs_dir / name
     candidates = sorted(
-        (p for p in root.glob("*") if (p / CHECKPOINT_JSON).is_file() and not (p / RUN_DONE).exists()),
+        (p for p in root.glob("*") if (p / CHECKPOINT_FILE).is_file() and not (p / RUN_DONE).exists()),
         key=lambda p: p.name,
     ) if root.is_dir() else []
     if not candidates:
@@ -130,12 +194,19 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
     while run.exists():
         run = runs_dir / name / f"{stamp}-{suffix}"
         suffix += 1
-    run.mkdir(parents=True)
+    with writing(runs_dir / name):
+        run.mkdir(parents=True)
     return run
 
 
-def _image_records(paths: Sequence[str]) -> list[dict[str, str]]:
-    return [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
+# ----------------------------------------------------------------------------- the recipe
+
+
+NO_NEGATIVES = (
+    "no negatives: a concept trained without them learns to answer Yes to everything; pass --negatives DIR, "
+    "or mine them with --pool DIR, --index IDX or --service URL --index-name NAME (or run `yollava retrieve` first); "
+    "--no-negatives trains without them anyway"
+)
 
 
 def train_concept(
@@ -148,8 +219,14 @@ def train_concept(
     resume: bool = False,
     base: Base | None = None,
     console: Console | None = None,
+    no_negatives: bool = False,
 ) -> TrainResult:
     """Learn a concept's soft prompt and save the best epoch to ``store/<name>/``.
+
+    The concept's lock is held from the existence check to the final save, so a second run of the
+    same concept fails at once naming this one's PID; the store changes only at that save, when the
+    concept, its training set and its negatives are swapped in as one unit. A run that stops before
+    its first checkpoint leaves no run folder behind (there is nothing to resume).
 
     Args:
         config: the resolved configuration (ignored on ``resume``: the run's own config.yaml wins).
@@ -160,93 +237,132 @@ def train_concept(
         store: concept store; the concept there is replaced only when the run finishes.
         overwrite: allow replacing an existing concept.
         resume: continue the newest unfinished run of this concept from its last checkpoint.
-        base: an already loaded base (tests, sweeps); loaded from ``config.model`` when None.
+        base: an already loaded base (tests, sweeps; it must have no concept of this name attached);
+            loaded from ``config.model`` when None.
         console: where progress and messages go (stderr by default).
+        no_negatives: train even when there are no negatives (the concept will say Yes to everything).
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        YollavaError: bad name, existing concept without ``overwrite``, bad images, nothing to resume.
+        YollavaError: bad name, existing concept without ``overwrite``, another run of it, bad images,
+            no negatives (without ``no_negatives``), nothing to resume, a failed write.
     """
     console = console or Console(stderr=True)
     validate_name(name)
-    runs_dir = Path(config.train.runs_dir)
-    state: dict[str, Any] = {}
+    runs = Path(config.train.runs_dir) / name
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    with concept_lock(store, name):
+        try:
+            return _run_recipe(config, name, images_dir, negatives, store, overwrite, resume, base, console, no_negatives)
+        except BaseException:
+            _drop_unresumable_runs(runs, before)
+            raise
+
+
+def _drop_unresumable_runs(runs: Path, before: set[Path]) -> None:
+    """Delete run folders this call created that hold no checkpoint: nothing in them can be resumed."""
+    for run in (set(runs.iterdir()) if runs.is_dir() else set()) - before:
+        if run.is_dir() and not (run / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _run_recipe(
+    config: Config, name: str, images_dir: str | Path | None, negatives: NegativeSource | str | Path | None,
+    store: str | Path, overwrite: bool, resume: bool, base: Base | None, console: Console, no_negatives: bool,
+) -> TrainResult:
+    """:func:`train_concept` with the concept's lock held."""
+    # setup: the run to continue (its own config and inputs) or a new one's inputs
+    state: RunState | None = None
     if resume:
-        run_dir = find_resumable_run(runs_dir, name)
-        state = json.loads((run_dir / CHECKPOINT_JSON).read_text())
+        run_dir = find_resumable_run(Path(config.train.runs_dir), name)
+        state, checkpoint, groups = RunState.load(run_dir)
         config = load_config(base=run_dir / RUN_CONFIG)
-        images_dir, negatives = state["images_dir"], NegativeSource(**state["negatives"])
-        overwrite = overwrite or state["overwrite"]
-        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+        images_dir, negatives, overwrite = state.images_dir, state.negatives, overwrite or state.overwrite
+        console.print(f"resuming {run_dir} after epoch {state.epoch}")
     if images_dir is None:
         raise YollavaError("--images is required; pass the folder of photos of the subject")
-    target = concept_dir(store, name)
-    if (target / CONCEPT_JSON).exists() and not overwrite:
+    existing = settle(concept_dir(store, name))  # the lock is held: an interrupted swap is finished first
+    if existing is not None and (existing / CONCEPT_JSON).exists() and not overwrite:
         raise YollavaError(f"concept '{name}' already exists in {Path(store)}; pass --overwrite to replace it or pick another name")
     if not isinstance(negatives, NegativeSource):
         negatives = NegativeSource(folder=None if negatives is None else str(negatives))
-    image_sets = gather_images(name, images_dir, store, negatives, config.data)
-    resolve_recipe(config.data.recipe, image_sets)  # fail before the (slow) base load
-    if not image_sets.negatives:
-        log.warning("no negatives: the concept will learn to answer Yes to everything; pass --negatives DIR or --pool DIR")
-
+    inputs = gather_inputs(name, images_dir, negatives, store, config)  # fails before the (slow) base load
+    if not inputs.images.negatives:
+        if not (no_negatives or state is not None):  # a resumed run passed this check when it started
+            raise YollavaError(NO_NEGATIVES)
+        log.warning("no negatives (--no-negatives): the concept will learn to answer Yes to everything")
     if base is None:
         console.print(f"loading base model {config.model.name} ...")
         base = load_base(config.model)
+    # frozen image features and prefix keys/values (system text + image), computed once and reused by
+    # the conversation answers, every training step and every score
+    cache = make_cache(base, config.train)
+    run_dir = state.run_dir if state is not None else _new_run_dir(Path(config.train.runs_dir), name)
+    # a new training set goes into the run folder and reaches the store with the concept, not before
+    training_set = build_samples(inputs, base, store, config, cache, console, save_to=run_dir / DATA_DIR)
+
     torch.manual_seed(config.train.seed)
     params = init_concept(base, name, config.concept, seed=config.train.seed)
-    attach(base, params)
-    identifier = params.tokens.identifier
-    fmt = ChatFormat.load(config.prompt.template)
-    bank = RecognitionBank.load()
-    samples, data_info = prepare_training_set(base, name, image_sets, store, config.data, config.prompt.template, console)
-    encoded = encode_samples(base, fmt, params.tokens.soft_prompt, samples, config.train.max_length)
-
-    if not resume:
-        run_dir = _new_run_dir(runs_dir, name)
-        write_text_atomic(run_dir / RUN_CONFIG, config_to_yaml(config))
-        with open(run_dir / RUN_SAMPLES, "w", encoding="utf-8") as handle:
-            for sample in samples:
-                handle.write(json.dumps(sample.to_dict(), sort_keys=True) + "\n")
-
     trainable = [params.embed_rows, params.head_rows]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    start_epoch = 0
-    best: dict[str, Any] = {"weighted": -1.0}
-    best_rows = {"embed_rows": params.embed_rows.detach().clone(), "head_rows": params.head_rows.detach().clone()}
-    history: list[dict[str, Any]] = []
-    if resume:
-        tensors = load_tensors(run_dir / CHECKPOINT_WEIGHTS)
-        with torch.no_grad():
-            params.embed_rows.copy_(tensors["embed_rows"])
-            params.head_rows.copy_(tensors["head_rows"])
-        best_rows = {"embed_rows": tensors["best_embed_rows"], "head_rows": tensors["best_head_rows"]}
-        _load_optimizer_state(optimizer, tensors, state["param_groups"])
-        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+    if state is None:
+        state = _start_run(config, inputs, training_set, overwrite, run_dir)
+    else:
+        state.restore(params, optimizer, checkpoint, groups)
+    if not state.best_rows:
+        state.best_rows = params.rows()
+    with attached(base, params):
+        _train_epochs(config, base, params, optimizer, inputs, training_set, cache, state, console)
+        concept = ConceptParams(params.tokens, params.head_mode, state.best_rows["embed_rows"], state.best_rows["head_rows"])
+        summary = _training_summary(config, inputs, training_set, state)
+        plot_training_history(state.history, state.run_dir / RUN_PLOT, title=f"<{name}>")
+        # the concept is written only now, so a crash or Ctrl-C above never touches the store; its
+        # training set (built in the run folder, or the stored one it reused) is swapped in with it
+        built = state.run_dir / DATA_DIR
+        folder = save_concept(concept, base, store, summary, data=built if built.is_dir() else None)
+    write_text_atomic(state.run_dir / RUN_DONE, str(folder) + "\n")
+    console.print(f"saved concept '{name}' to {folder} (best epoch {state.best['epoch']}, weighted recognition {state.best['weighted']:.3f} on training images)")
+    return TrainResult(concept_dir=folder, run_dir=state.run_dir, best_epoch=state.best["epoch"], best=state.best, history=state.history)
 
-    # frozen image features and prefix keys/values, computed once here and reused by every step and score
-    cache = make_cache(base, config.train, warm=[(e.input_ids, e.labels, e.images) for e in encoded])
-    lengths = [split_lengths(base, e.input_ids, e.labels) for e in encoded]
-    eval_question = bank.eval_prompt(identifier)
-    patience = config.train.early_stop_patience
-    console.print(
-        f"training <{name}>: {len(image_sets.positives)} positive / {len(image_sets.negatives)} negative images, "
-        f"{len(samples)} samples {summarize(samples)}, k={config.concept.k}, "
-        f"{sum(p.numel() for p in trainable)} trainable numbers, run dir {run_dir}"
-    )
-    started = time.perf_counter()
+
+def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet, overwrite: bool, run_dir: Path) -> RunState:
+    """The new run's folder gets the resolved config and the samples it trains on."""
+    write_text_atomic(run_dir / RUN_CONFIG, config_to_yaml(config))
+    write_text_atomic(run_dir / RUN_SAMPLES, "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in training_set.samples))
+    return RunState(run_dir=run_dir, images_dir=inputs.images_dir, negatives=inputs.negatives, overwrite=overwrite)
+
+
+def _train_epochs(
+    config: Config, base: Base, params: ConceptParams, optimizer: torch.optim.Optimizer, inputs: TrainingInputs,
+    training_set: TrainingSet, cache: FeatureCache | PrefixCache, state: RunState, console: Console,
+) -> None:
+    """Epochs from ``state.epoch`` on: train one pass, score the training photos, checkpoint, maybe stop."""
+    fmt = ChatFormat.load(config.prompt.template)
+    encoded = encode_samples(base, fmt, params.tokens.soft_prompt, training_set.samples, config.train.max_length)
+    images = inputs.images
+    sequences = [(e.input_ids, e.labels, e.images) for e in encoded]
+    if isinstance(cache, PrefixCache):
+        cache.warm(prefix_items(base, sequences))  # most used first, so the budget keeps those close
+    lengths = [split_lengths(base, ids, labels) for ids, labels, _ in sequences]
     batch_size = config.train.batch_size
     steps_per_epoch = (len(encoded) + batch_size - 1) // batch_size
+    pad_id = base.tokenizer.pad_token_id or 0
+    console.print(
+        f"training <{inputs.name}>: {len(images.positives)} positive / {len(images.negatives)} negative images, "
+        f"{len(encoded)} samples {summarize(training_set.samples)}, k={config.concept.k}, "
+        f"{params.embed_rows.numel() + params.head_rows.numel()} trainable numbers, run dir {state.run_dir}"
+    )
+    started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     with progress_bar(console) as progress:
-        epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=start_epoch, info="")
-        for epoch in range(start_epoch, config.train.epochs):
+        epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="", log_every=1)
+        for epoch in range(state.epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
             losses: list[float] = []
             for indices in epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window):
                 chunk = [encoded[i] for i in indices]
-                batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], base.tokenizer.pad_token_id or 0, base.device)
+                batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], pad_id, base.device)
                 loss = supervised_loss(base, batch, cache, config.train.head_at_supervised_only)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -254,96 +370,48 @@ def train_concept(
                 losses.append(loss.item())
                 progress.update(steps_task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
             progress.remove_task(steps_task)
-            eval_task = progress.add_task(f"score epoch {epoch + 1}", total=len(image_sets.positives) + len(image_sets.negatives), info="")
-            result = _score_training_images(base, fmt, params, eval_question, image_sets, cache, config, lambda n: progress.update(eval_task, advance=n))
-            progress.remove_task(eval_task)
+
+            scoring = progress.add_task(f"score epoch {epoch + 1}", total=len(images.positives) + len(images.negatives), info="")
+            result = evaluate_concept(
+                base, Prompting.soft_prompt(params.tokens), images.positives, images.negatives, cache, fmt,
+                generation=config.train.eval_generation, progress=lambda n: progress.update(scoring, advance=n),
+                require_negatives=False,
+            )
+            progress.remove_task(scoring)
+
             record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), **result.summary(), "elapsed_s": time.perf_counter() - started}
-            history.append(record)
-            append_jsonl(run_dir / RUN_METRICS, record)
-            if result.weighted > best["weighted"]:
-                best = {"epoch": epoch + 1, **result.summary(), "loss": record["loss"]}
-                best_rows = {"embed_rows": params.embed_rows.detach().clone(), "head_rows": params.head_rows.detach().clone()}
-            _checkpoint(run_dir, params, best_rows, optimizer, epoch + 1, best, history, images_dir, negatives, overwrite)
+            state.record(record, result, params)
+            append_jsonl(state.run_dir / RUN_METRICS, record)
+            state.save(params, optimizer)
+            best = state.best
             progress.update(epochs_task, advance=1, info=f"loss {record['loss']:.4f} weighted {result.weighted:.3f} (best {best['weighted']:.3f} @ {best['epoch']})")
-            if patience and epoch + 1 - best["epoch"] >= patience:
-                console.print(f"early stop: no improvement for {patience} epochs")
-                break
-            if best["weighted"] >= 1.0 and epoch + 1 < config.train.epochs:
-                # only a strictly better epoch replaces the best one: nothing later can be kept
-                console.print(f"stop after epoch {epoch + 1}: every training image is recognised, no later epoch can do better")
+            reason = state.stop_reason(config.train.early_stop_patience, config.train.epochs)
+            if reason:
+                console.print(reason)
                 break
 
-    final = ConceptParams(params.tokens, params.head_mode, best_rows["embed_rows"], best_rows["head_rows"])
-    summary = {
+
+def _training_summary(config: Config, inputs: TrainingInputs, training_set: TrainingSet, state: RunState) -> dict[str, Any]:
+    """What the concept record says about how it was trained."""
+    fmt = ChatFormat.load(config.prompt.template)
+    records = lambda paths: [{"path": str(p), "sha256": file_sha256(p)} for p in paths]  # noqa: E731
+    return {
         "training": {
             "yollava_version": yollava.__version__,
-            "positives": _image_records(image_sets.positives),
-            "negatives": _image_records(image_sets.negatives),
-            "samples": summarize(samples),
-            "recipe": data_info["recipe"],
-            "category": data_info["category"],
-            "negatives_source": negatives.to_dict(),
-            "epochs_run": len(history),
-            "best_epoch": best["epoch"],
-            "metrics": best,
-            "history": history,
+            "positives": records(inputs.images.positives),
+            "negatives": records(inputs.images.negatives),
+            "samples": summarize(training_set.samples),
+            "recipe": training_set.info["recipe"],
+            "category": training_set.info["category"],
+            "negatives_source": asdict(inputs.negatives),
+            "epochs_run": len(state.history),
+            "best_epoch": state.best["epoch"],
+            "metrics": state.best,
+            "history": state.history,
             "seed": config.train.seed,
             "config": config_to_dict(config),
-            "run_dir": str(run_dir),
-            "seconds": time.perf_counter() - started,
+            "run_dir": str(state.run_dir),
+            "seconds": state.history[-1]["elapsed_s"] if state.history else 0.0,
         },
         "template_version": {"chat": f"{fmt.name}/v{fmt.version}", "recognition": f"recognition/v{load_template('recognition')['version']}"},
     }
-    plot_training_history(history, run_dir / RUN_PLOT, title=f"<{name}>")
-    # the final concept is written only now, so a crash or Ctrl-C above never touches it
-    folder = _save_final(final, base, store, summary)
-    write_text_atomic(run_dir / RUN_DONE, str(folder) + "\n")
-    console.print(f"saved concept '{name}' to {folder} (best epoch {best['epoch']}, weighted recognition {best['weighted']:.3f} on training images)")
-    return TrainResult(concept_dir=folder, run_dir=run_dir, best_epoch=best["epoch"], best=best, history=history)
-
-
-def _save_final(final: ConceptParams, base: Base, store: str | Path, summary: dict[str, Any]) -> Path:
-    # the live concept's slot holds the token ids; the best rows are saved under the same tokens
-    return save_concept(final, base, store, summary)
-
-
-def _score_training_images(base, fmt, params, question, image_sets, cache, config, progress) -> RecognitionResult:
-    generate = None
-    if config.train.eval_generation:
-        from yollava.chat import greedy_generate
-
-        def generate(ids, refs):
-            return greedy_generate(base, ids, refs, cache, max_new_tokens=8)
-
-    negatives = image_sets.negatives
-    if not negatives:
-        return _positives_only(base, fmt, params, question, image_sets.positives, cache, progress)
-    return recognition_accuracy(base, fmt, params.tokens.soft_prompt, question, image_sets.positives, negatives, cache, generate, progress)
-
-
-def _positives_only(base, fmt, params, question, positives, cache, progress) -> RecognitionResult:
-    from yollava.evaluate import RecognitionScorer
-
-    scorer = RecognitionScorer(base, fmt, params.tokens.soft_prompt, question, cache)
-    hits = 0
-    for path in positives:
-        (lp_yes, lp_no), = scorer.p_yes([path])
-        hits += lp_yes > lp_no
-        progress(1)
-    pos = hits / len(positives)
-    # no negatives: only the positive accuracy is defined, and it is what selects the best epoch
-    return RecognitionResult(positive=pos, negative=0.0, weighted=pos, n_positive=len(positives), n_negative=0, yes_rate=pos)
-
-
-def _checkpoint(run_dir, params, best_rows, optimizer, epoch, best, history, images_dir, negatives, overwrite) -> None:
-    tensors, groups = _optimizer_state(optimizer)
-    tensors.update(
-        embed_rows=params.embed_rows, head_rows=params.head_rows,
-        best_embed_rows=best_rows["embed_rows"], best_head_rows=best_rows["head_rows"],
-    )
-    save_tensors_atomic(run_dir / CHECKPOINT_WEIGHTS, tensors)
-    write_json_atomic(run_dir / CHECKPOINT_JSON, {
-        "epoch": epoch, "best": best, "history": history, "param_groups": groups,
-        "images_dir": str(images_dir), "negatives": negatives.to_dict(),
-        "overwrite": overwrite,
-    })

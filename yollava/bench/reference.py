@@ -131,14 +131,14 @@ def train_reference_concept(
         eval_question / soft_prompt: the recognition question and the concept's soft prompt text.
     """
     from yollava.batching import epoch_order
-    from yollava.evaluate import RecognitionScorer, weighted_accuracy
+    from yollava.evaluate import YesNoScorer, weighted_accuracy
     from yollava.forward import FeatureCache
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     concept_config = dataclasses.replace(config.concept, head_rows=HeadRows.all)
     init = init_concept(base, name, concept_config, seed=config.train.seed)
     ids = attach(base, init)
-    fmt_scorer = RecognitionScorer(base, _chat_format(config), soft_prompt, eval_question, FeatureCache(base))
+    fmt_scorer = YesNoScorer(base, _chat_format(config), soft_prompt, eval_question, FeatureCache(base))
     prompt = fmt_scorer.prompt_ids
     loop = ReferenceLoop(base, ids, init, lr=config.train.lr)
     best = {"epoch": 0, "weighted": -1.0}

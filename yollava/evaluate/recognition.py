@@ -1,16 +1,15 @@
-"""Every metric: recognition by Yes/No first-token log-probability and by greedy generation."""
+"""Recognition: Yes/No first-token log-probabilities and greedy answers on labelled images, and ``evaluate_concept``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from yollava.chat import greedy_generate
 from yollava.errors import YollavaError
-from yollava.forward import FeatureCache, ImageRef, next_token_logprobs
-from yollava.images import scan_image_dir
+from yollava.forward import FeatureCache, ImageRef, PrefixCache, next_token_logprobs
 from yollava.base import Base
-from yollava.prompts import IGNORE_INDEX, ChatFormat, Turn, encode, render
+from yollava.prompts import IGNORE_INDEX, ChatFormat, RecognitionBank, Turn, encode, render
 
 
 def weighted_accuracy(positive: float, negative: float) -> float:
@@ -37,14 +36,14 @@ class RecognitionResult:
         return out
 
 
-class RecognitionScorer:
-    """Asks "Is <bo> in this photo?" and compares the first answer token's Yes vs No log-probability.
+class YesNoScorer:
+    """Asks one question about images (e.g. "Is <bo> in this photo?") and reads the first answer token's Yes / No log-probabilities.
 
     Deterministic (no sampling). The Yes/No ids are read from the tokenization of real answers in
     the chat format, so they are right for any tokenizer (" Yes" is one token in LLaVA's).
     """
 
-    def __init__(self, base: Base, fmt: ChatFormat, prefix: str, question: str, cache: FeatureCache):
+    def __init__(self, base: Base, fmt: ChatFormat, prefix: str, question: str, cache: FeatureCache | PrefixCache):
         self.base = base
         self.cache = cache
         eos = base.tokenizer.eos_token
@@ -63,8 +62,12 @@ class RecognitionScorer:
     def _ids(self, segments: Sequence[Any]) -> list[int]:
         return encode(self.base.tokenizer, segments, self.base.image_token_id, self.base.num_image_tokens).input_ids
 
-    def p_yes(self, images: Sequence[str]) -> list[tuple[float, float]]:
-        """(log p(Yes), log p(No)) for each image, scored in batches (prefix keys/values shared when the cache holds them)."""
+    def logprobs(self, images: Sequence[str]) -> list[tuple[float, float]]:
+        """(log p(Yes), log p(No)) of the first answer token, for each image.
+
+        Scored in batches; with a :class:`yollava.forward.PrefixCache` an image's prefix keys/values
+        are computed once and shared by every question, concept and method asked about it.
+        """
         if not images:
             return []
         logprobs = next_token_logprobs(self.base, [self.prompt_ids] * len(images), [[ImageRef(str(p))] for p in images], self.cache)
@@ -87,9 +90,10 @@ def recognition_accuracy(
     question: str,
     positives: Sequence[str],
     negatives: Sequence[str],
-    cache: FeatureCache,
+    cache: FeatureCache | PrefixCache,
     generate: Callable[[list[int], list[ImageRef]], str] | None = None,
     progress: Callable[[int], None] | None = None,
+    require_negatives: bool = True,
 ) -> RecognitionResult:
     """Score recognition on labelled images.
 
@@ -103,17 +107,19 @@ def recognition_accuracy(
         generate: optional greedy generator ``(prompt_ids, images) -> text`` for generation accuracy,
             where any answer that is not Yes/No counts as wrong.
         progress: called with 1 after each image.
+        require_negatives: when False, no negatives is allowed (a concept trained without any): the
+            negative accuracy is then reported as 0 over 0 images and ``weighted`` is the positive accuracy.
 
     Raises:
-        YollavaError: no positive or no negative images.
+        YollavaError: no positive images, or no negative ones when they are required.
     """
-    if not positives or not negatives:
+    if not positives or (require_negatives and not negatives):
         raise YollavaError(f"recognition needs positive and negative images (got {len(positives)} and {len(negatives)})")
-    scorer = RecognitionScorer(base, fmt, prefix, question, cache)
+    scorer = YesNoScorer(base, fmt, prefix, question, cache)
     per_image: list[dict[str, Any]] = []
     gen_counts = {"positive_correct": 0, "negative_correct": 0, "other": 0}
     for label, paths in ((True, positives), (False, negatives)):
-        scores = scorer.p_yes(list(paths))
+        scores = scorer.logprobs(list(paths))
         for path, (lp_yes, lp_no) in zip(paths, scores):
             record: dict[str, Any] = {"image": str(path), "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
             if generate is not None:
@@ -128,41 +134,81 @@ def recognition_accuracy(
                 progress(1)
     pos = [r["predicted"] for r in per_image if r["label"]]
     neg = [not r["predicted"] for r in per_image if not r["label"]]
-    pos_acc, neg_acc = sum(pos) / len(pos), sum(neg) / len(neg)
+    def scores(positive_hits: float, negative_hits: float) -> tuple[float, float, float]:
+        positive = positive_hits / len(pos)
+        if not neg:
+            return positive, 0.0, positive
+        negative = negative_hits / len(neg)
+        return positive, negative, weighted_accuracy(positive, negative)
+
+    pos_acc, neg_acc, weighted = scores(sum(pos), sum(neg))
     generation = None
     if generate is not None:
-        g_pos = gen_counts["positive_correct"] / len(pos)
-        g_neg = gen_counts["negative_correct"] / len(neg)
-        generation = {"positive": g_pos, "negative": g_neg, "weighted": weighted_accuracy(g_pos, g_neg), "other": gen_counts["other"]}
+        g_pos, g_neg, g_weighted = scores(gen_counts["positive_correct"], gen_counts["negative_correct"])
+        generation = {"positive": g_pos, "negative": g_neg, "weighted": g_weighted, "other": gen_counts["other"]}
     return RecognitionResult(
-        positive=pos_acc, negative=neg_acc, weighted=weighted_accuracy(pos_acc, neg_acc),
+        positive=pos_acc, negative=neg_acc, weighted=weighted,
         n_positive=len(pos), n_negative=len(neg),
         yes_rate=sum(r["predicted"] for r in per_image) / len(per_image),
         generation=generation, per_image=per_image,
     )
 
 
-def yollava_split(data_dir: str | Path, subject: str, split: str = "test") -> tuple[list[str], list[str]]:
-    """Positives and negatives from a Yo'LLaVA-layout dataset (``DIR/<subject>/<split>/*``).
+@dataclass(frozen=True)
+class Prompting:
+    """How a recognition question names the subject and what text precedes it.
 
-    The subject's own images are positives; every other subject's images of the split are negatives.
-
-    Raises:
-        YollavaError: missing folder or subject.
+    Attributes:
+        identifier: the subject's name in the question (``<bo>`` with a soft prompt, a plain name otherwise).
+        prefix: text before the question: the soft prompt, a description, or nothing (vanilla).
     """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise YollavaError(f"--data {root}: no such directory; pass a dataset laid out as DIR/<subject>/{split}/")
-    subjects = sorted(p.name for p in root.iterdir() if (p / split).is_dir())
-    if subject not in subjects:
-        raise YollavaError(
-            f"--data {root}: no {subject}/{split}/ folder (subjects: {', '.join(subjects[:8]) or 'none'}); pass --subject NAME"
-        )
-    positives = [str(p) for p in scan_image_dir(root / subject / split, what="test image", option="--data").valid]
-    negatives: list[str] = []
-    for other in subjects:
-        if other != subject:
-            negatives.extend(str(p) for p in scan_image_dir(root / other / split, what="test image", option="--data").valid)
-    if not negatives:
-        raise YollavaError(f"--data {root}: only one subject, so there are no negatives; add other subjects' {split}/ folders")
-    return positives, negatives
+
+    identifier: str
+    prefix: str = ""
+
+    @classmethod
+    def soft_prompt(cls, tokens: Any) -> "Prompting":
+        """A trained concept (its :class:`~yollava.concept.ConceptTokens`; the concept must be attached)."""
+        return cls(tokens.identifier, tokens.soft_prompt)
+
+    @classmethod
+    def vanilla(cls, name: str) -> "Prompting":
+        """The base asked about a name it knows nothing about."""
+        return cls(name)
+
+    @classmethod
+    def described(cls, name: str, description: str) -> "Prompting":
+        """The base told what the subject looks like, in words, before the question."""
+        return cls(name, f"{name} is {description}.")
+
+
+def evaluate_concept(
+    base: Base,
+    prompting: Prompting,
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    features: FeatureCache | PrefixCache,
+    fmt: ChatFormat | None = None,
+    generation: bool = False,
+    progress: Callable[[int], None] | None = None,
+    require_negatives: bool = True,
+) -> RecognitionResult:
+    """Recognition of one subject: "Can you see if <bo> is in this photo?" on its positives and negatives.
+
+    The one scoring path of training (each epoch, on the training photos), ``yollava eval``, the demo
+    and the benchmarks; ``prompting`` says how the subject is given to the model.
+
+    Args:
+        base: the base, with the concept attached when ``prompting`` uses its soft prompt.
+        prompting: :meth:`Prompting.soft_prompt`, :meth:`Prompting.vanilla` or :meth:`Prompting.described`.
+        positives / negatives: image paths.
+        features: the image-feature cache (shared with training and other concepts).
+        fmt: chat format (default ``llava_v1``).
+        generation: also score greedy answers (8 new tokens; anything but Yes/No counts as wrong).
+        progress: called with 1 after each image.
+        require_negatives: see :func:`recognition_accuracy`.
+    """
+    fmt = fmt or ChatFormat.load("llava_v1")
+    generate = (lambda ids, refs: greedy_generate(base, ids, refs, features, max_new_tokens=8)) if generation else None
+    question = RecognitionBank.load().eval_prompt(prompting.identifier)
+    return recognition_accuracy(base, fmt, prompting.prefix, question, positives, negatives, features, generate, progress, require_negatives)
