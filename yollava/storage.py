@@ -24,6 +24,8 @@ CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 # a concept's training set: <store>/<name>/data/ is an HF dataset (datasets.load_from_disk reads it) plus our record
 DATA_DIR = "data"
 DATA_INFO = "training_set.json"
+# base captions and summary of a subject's training photos (auto-long / auto-short), next to its concept
+AUTO_DESCRIPTION = "auto_description.json"
 
 
 @contextmanager

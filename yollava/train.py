@@ -19,7 +19,8 @@ from yollava.concept import ConceptParams, attached, concept_dir, init_concept, 
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
-from yollava.evaluate.recognition import Prompting, RecognitionResult, evaluate_concept
+from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
 from yollava.images import file_sha256
 from yollava.models import load_base
@@ -321,7 +322,7 @@ def _train_epochs(
 
             scoring = progress.add_task(f"score epoch {epoch + 1}", total=len(images.positives) + len(images.negatives), info="")
             result = evaluate_concept(
-                base, Prompting.soft_prompt(params.tokens), images.positives, images.negatives, features, fmt,
+                base, concept_personalization(params.tokens), images.positives, images.negatives, features, fmt,
                 generation=config.train.eval_generation, progress=lambda n: progress.update(scoring, advance=n),
                 require_negatives=False,
             )
