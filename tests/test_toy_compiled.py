@@ -1,4 +1,4 @@
-"""The compiled comparison circuit of the toy LLaVA (yollava/toyworld/compiled.py), on a fresh model.
+"""The compiled comparison circuit of the toy LLaVA (yollava/toyworld/pretrain/circuit.py), on a fresh model.
 
 The image codes are fed in directly (the projector is bypassed), so these tests check the circuit's
 logic, not the vision tower's accuracy (which the pretraining report measures).
@@ -7,43 +7,51 @@ logic, not the vision tower's accuracy (which the pretraining report measures).
 from __future__ import annotations
 
 import random
+
 import pytest
 import torch
 
-from yollava.toyworld import compiled as C
-from yollava.toyworld import llava as toy
 from yollava.toyworld.clip import create_toy_clip
+from yollava.toyworld.pretrain import circuit as C
+from yollava.toyworld.pretrain.batches import SampleEncoder, collate_pretrain, embed_batch, forward_hidden
+from yollava.toyworld.pretrain.config import PretrainConfig, StageConfig, compiled_arch
+from yollava.toyworld.pretrain.fresh import new_model
+from yollava.toyworld.pretrain.mix import DataMix, MixWeights, ToySample
+from yollava.toyworld.pretrain.scenes import draw_scene, excluded_identities
+from yollava.toyworld.pretrain.stages import train_mix
+from yollava.toyworld.pretrain.vocabulary import build_tokenizer, required_words
+from yollava.toyworld.toy_llava import TOKENIZER_FILE, ToyLlavaArch, wrap_tokenizer
 
 
 @pytest.fixture(scope="module")
 def circuit(tmp_path_factory):
     """A compiled model, a mix of 60 scenes, their exact image codes as the feature bank, and an encoder."""
     folder = tmp_path_factory.mktemp("compiled")
-    toy.build_tokenizer(toy.required_words()).save(str(folder / toy.TOKENIZER_FILE))
-    tokenizer = toy.wrap_tokenizer(folder / toy.TOKENIZER_FILE)
+    build_tokenizer(required_words()).save(str(folder / TOKENIZER_FILE))
+    tokenizer = wrap_tokenizer(folder / TOKENIZER_FILE)
     clip, _, _ = create_toy_clip()
-    model = toy.new_model(toy.recipe_arch("compiled"), tokenizer, clip, seed=0)
+    model = new_model(compiled_arch(), tokenizer, clip, seed=0)
     model.requires_grad_(False)
     cfg = C.CircuitConfig()
     C.compile_embeddings(model, tokenizer, cfg)
     C.compile_attention(model, cfg)
     C.compile_readout(model, cfg, tokenizer)
     C.quiet_learnt_outputs(model)
-    exclude = toy.excluded_identities()
-    mix = toy.DataMix([toy.draw_scene(0, "test-compiled", i, 64, exclude) for i in range(60)], exclude)
+    exclude = excluded_identities()
+    mix = DataMix([draw_scene(0, "test-compiled", i, 64, exclude) for i in range(60)], exclude)
     bank = C.code_targets(mix.scenes, model.config.text_config.hidden_size, 8, cfg)
     model.model.multi_modal_projector.forward = lambda features: features  # the bank holds projector outputs
-    encoder = toy.Encoder(tokenizer, model.config.image_token_id, 64)
+    encoder = SampleEncoder(tokenizer, model.config.image_token_id, 64)
     return model, tokenizer, cfg, mix, bank, encoder
 
 
 def test_the_default_arch_is_refused(tmp_path):
     clip, _, _ = create_toy_clip()
-    toy.build_tokenizer(toy.required_words()).save(str(tmp_path / toy.TOKENIZER_FILE))
-    model = toy.new_model(toy.ToyLlavaArch(), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    build_tokenizer(required_words()).save(str(tmp_path / TOKENIZER_FILE))
+    model = new_model(ToyLlavaArch(), wrap_tokenizer(tmp_path / TOKENIZER_FILE), clip, seed=0)
     with pytest.raises(ValueError, match="head_dim"):
         C.check_arch(model)
-    rotating = toy.new_model(toy.ToyLlavaArch(head_dim=64), toy.wrap_tokenizer(tmp_path / toy.TOKENIZER_FILE), clip, seed=0)
+    rotating = new_model(ToyLlavaArch(head_dim=64), wrap_tokenizer(tmp_path / TOKENIZER_FILE), clip, seed=0)
     with pytest.raises(ValueError, match="RoPE base"):
         C.check_arch(rotating)
 
@@ -65,8 +73,8 @@ def test_gather_head_writes_the_mean_code_of_the_description(circuit):
     model, tokenizer, cfg, mix, bank, encoder = circuit
     sample = mix.presence(0, random.Random(0), True)
     item = encoder(sample, with_answer=False)
-    batch = toy.collate([item], tokenizer.pad_token_id)
-    hidden = model.model.language_model(inputs_embeds=toy.embed_batch(model, batch, bank), attention_mask=batch.mask,
+    batch = collate_pretrain([item], tokenizer.pad_token_id)
+    hidden = model.model.language_model(inputs_embeds=embed_batch(model, batch, bank), attention_mask=batch.mask,
                                         output_hidden_states=True).hidden_states[1][0, -1]
     words = [w for w in tokenizer.convert_ids_to_tokens(item.ids) if C.word_slots(w)]
     expected = torch.zeros(len(C.SLOTS))
@@ -90,7 +98,7 @@ def test_match_finds_described_subjects_and_refuses_one_attribute_lookalikes(cir
 
 def test_without_a_description_nothing_matches(circuit):
     model, _, cfg, mix, bank, encoder = circuit
-    samples = [toy.ToySample("named", "Is <x03> in this photo?", "No.", i, False) for i in range(20)]
+    samples = [ToySample("named", "Is <x03> in this photo?", "No.", i, False) for i in range(20)]
     assert max(C.match_values(model, encoder, samples, bank, cfg)) < 0.05
 
 
@@ -99,7 +107,7 @@ def _answers(model, encoder, samples, bank):
     out = []
     for start in range(0, len(samples), 40):
         items = [encoder(s, with_answer=False) for s in samples[start : start + 40]]
-        hidden, _ = toy._hidden(model, encoder, items, bank, None)
+        hidden, _ = forward_hidden(model, encoder, items, bank)
         last = hidden[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
         out.extend(encoder.tokenizer.convert_ids_to_tokens(model.lm_head(last).argmax(-1).tolist()))
     return out
@@ -129,8 +137,8 @@ def test_the_readout_stays_quiet_on_questions_that_ask_no_attribute(circuit):
     peaks = []
     for samples in (asked, presence):
         items = [encoder(s, with_answer=False) for s in samples]
-        batch = toy.collate(items, tokenizer.pad_token_id)
-        states = model.model.language_model(inputs_embeds=toy.embed_batch(model, batch, bank), attention_mask=batch.mask,
+        batch = collate_pretrain(items, tokenizer.pad_token_id)
+        states = model.model.language_model(inputs_embeds=embed_batch(model, batch, bank), attention_mask=batch.mask,
                                             output_hidden_states=True).hidden_states[C.READOUT_LAYER + 1]
         last = states[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
         peaks.append(last[:, C.IMAGE_CODE : C.IMAGE_CODE + C.ANY_ACCESSORY].max(-1).values / cfg.row_scale)
@@ -141,10 +149,9 @@ def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
     model, tokenizer, cfg, mix, bank, encoder = circuit
     frozen = C.frozen_parts(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    stage = toy.StageConfig("instruct", steps=3, lr=1e-2, trains="all", task="mix", warmup=1, mix=toy.COMPILED_MIX)
-    config = toy.PretrainConfig()
-    config.batch_size, config.log_every = 4, 10
-    toy.run_stage(model, stage, config, mix, bank, encoder, lambda line: None, frozen=frozen)
+    stage = StageConfig("instruct", steps=3, lr=1e-2, trains="all", task="mix", warmup=1)
+    config = PretrainConfig(batch_size=4, log_every=10)
+    train_mix(model, stage, config, lambda rng: mix.sample(rng, MixWeights()), bank, encoder, lambda line: None, frozen=frozen)
     after = dict(model.named_parameters())
     names = {id(p): name for name, p in after.items()}
     for param in frozen.whole:
@@ -162,9 +169,9 @@ def test_instruction_tuning_leaves_the_circuit_bit_identical(circuit):
 
 def test_a_soft_prompt_far_from_any_subject_gets_its_gradient_from_the_soft_match(circuit):
     model, tokenizer, cfg, mix, bank, encoder = circuit
-    item = encoder(toy.ToySample("introduced", "<x01> is <x02> <x03> <x04> . Is <x01> in this photo?", "Yes.", 0, True), with_answer=False)
-    batch = toy.collate([item], tokenizer.pad_token_id)
-    embeds = toy.embed_batch(model, batch, bank).detach()
+    item = encoder(ToySample("introduced", "<x01> is <x02> <x03> <x04> . Is <x01> in this photo?", "Yes.", 0, True), with_answer=False)
+    batch = collate_pretrain([item], tokenizer.pad_token_id)
+    embeds = embed_batch(model, batch, bank).detach()
     rows = model.model.language_model.embed_tokens.weight[: len(tokenizer)]
     latents = rows.mean(0).repeat(3, 1).requires_grad_(True)  # yollava's init=mean
     where = [item.ids.index(tokenizer.convert_tokens_to_ids(f"<x0{i}>")) for i in (2, 3, 4)]

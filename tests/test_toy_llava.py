@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,16 @@ from yollava.evaluate import YesNoScorer
 from yollava.forward import FeatureCache, ImageRef
 from yollava.models import load_base
 from yollava.prompts import ChatFormat, Turn, encode, render
-from yollava.toyworld import llava as toy
+from yollava.toyworld import toy_llava
+from yollava.toyworld.pretrain.answers import attribute_answer, attribute_question
+from yollava.toyworld.pretrain.mix import DataMix
+from yollava.toyworld.pretrain.scenes import draw_scene, excluded_identities
+from yollava.toyworld.pretrain.vocabulary import template_words
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import describe_subject, vocabulary
 
 pytestmark = pytest.mark.skipif(
-    not (toy.toy_llava_folder() / toy.WEIGHTS_FILE).is_file(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
+    not toy_llava.toy_llava_available(), reason="toy LLaVA weights not built (scripts/pretrain_toy.py)"
 )
 # Held-out scenes of the smoke test: a stream neither pretraining nor the shipped quality report used.
 SMOKE_STREAM = "llava-test-smoke"
@@ -41,10 +48,10 @@ def fmt():
 
 def _draw(folder: Path, stream: str, n_distractors: int | None) -> list[tuple[str, object]]:
     """(png path, scene graph) of held-out scenes; every concept identity of benchmark seed 0 excluded."""
-    exclude = toy.excluded_identities()
+    exclude = excluded_identities()
     out = []
     for i in range(N_SCENES):
-        scene = toy.draw_scene(0, stream, i, 64, exclude, n_distractors)
+        scene = draw_scene(0, stream, i, 64, exclude, n_distractors)
         path = folder / f"{i:02d}.png"
         render_scene(scene).save(path)
         out.append((str(path), scene))
@@ -71,9 +78,31 @@ def test_loads_as_transformers_llava(base):
     assert base.base_rows >= base.base_tokenizer_size  # padded rows, never resized
 
 
+# What loading the shipped model must not pull in: the renderer, the benchmark planner, the scene
+# generator, anything of pretraining (data mix, stages, circuit) and the modules they replaced.
+BUILD_ONLY_MODULES = ("yollava.toyworld.render", "yollava.toyworld.benchmark", "yollava.toyworld.world", "yollava.toyworld.pretrain",
+                      "yollava.toyworld.llava", "yollava.toyworld.compiled")
+
+
+def test_loading_the_toy_model_imports_nothing_of_its_building():
+    code = (
+        "import json, sys\n"
+        "from yollava.config import ModelConfig\n"
+        "from yollava.models import load_base\n"
+        "base = load_base(ModelConfig(name='toy'))\n"
+        "print(json.dumps({'model_id': base.model_id, 'modules': sorted(m for m in sys.modules if m.startswith('yollava'))}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["model_id"] == "toy" and "yollava.toyworld.toy_llava" in loaded["modules"]
+    pulled = [m for m in loaded["modules"] if m.startswith(BUILD_ONLY_MODULES)]
+    assert not pulled, pulled
+
+
 def test_tokenizer_covers_templates_and_world(base):
     unk = base.tokenizer.unk_token_id
-    words = sorted(toy.template_words() | set(vocabulary()))
+    words = sorted(template_words() | set(vocabulary()))
     ids = base.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
     missing = [w for w, i in zip(words, ids) if i == unk]
     assert len(ids) == len(words) and not missing, missing
@@ -104,11 +133,11 @@ def _presence(base, fmt, scenes, introduce: bool) -> tuple[float, float]:
     """Accuracy and yes-rate of yes/no questions about the main subject (even) or a one-fine-attribute lookalike (odd)."""
     rng = random.Random(0)
     cache = FeatureCache(base)
-    mix = toy.DataMix([s for _, s in scenes], toy.excluded_identities())
+    mix = DataMix([s for _, s in scenes], excluded_identities())
     predictions, truth = [], []
     for i, (path, scene) in enumerate(scenes):
         positive = i % 2 == 0
-        subject = scene.main.subject if positive else mix._negative(scene, rng, "fine")[0]
+        subject = scene.main.subject if positive else mix.negative(scene, rng, "fine")[0]
         if introduce:
             prefix, question = f"<x05> is {describe_subject(subject)}.", "Can you see if <x05> is in this photo? Answer with a single word or phrase."
         else:
@@ -135,8 +164,8 @@ def test_attribute_answers_by_generation(base, fmt, single_scenes):
     correct = 0
     for i, (path, scene) in enumerate(single_scenes):
         attribute = ("color", "family", "pattern", "shape")[i % 4]
-        question = toy.attribute_question(attribute, "this subject", scene.main.subject)
+        question = attribute_question(attribute, "this subject", scene.main.subject)
         ids = encode(base.tokenizer, render(fmt, [Turn(question, None, images=1)], base.tokenizer.eos_token), base.image_token_id, base.num_image_tokens).input_ids
         answer = greedy_generate(base, ids, [ImageRef(path)], cache, max_new_tokens=4)
-        correct += answer == toy.attribute_answer(scene.main.subject, attribute)
+        correct += answer == attribute_answer(scene.main.subject, attribute)
     assert correct / len(single_scenes) >= 0.8, correct

@@ -11,11 +11,12 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from yollava.errors import YollavaError
+# The architecture as data (open_clip's registry reads the file; its stem is the model name). The
+# toy LLaVA's loader reads it too, without open_clip, so it lives there.
+from yollava.toyworld.toy_llava import TOY_CLIP_CONFIG, toy_clip_config, vision_config
 from yollava.toyworld.world import split_words, vocabulary
 
-TOY_CLIP_MODEL_NAME = "yollava-toy-clip"
-# Architecture as data: open_clip's registry reads this file (file stem = model name).
-TOY_CLIP_CONFIG = Path(__file__).with_name(f"{TOY_CLIP_MODEL_NAME}.json")
+TOY_CLIP_MODEL_NAME = TOY_CLIP_CONFIG.stem
 TOY_CLIP_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toy_clip"
 WEIGHTS_FILE = "toy_clip.safetensors"
 VOCAB_FILE = "vocab.json"
@@ -101,11 +102,6 @@ def register_toy_clip_config() -> str:
     return TOY_CLIP_MODEL_NAME
 
 
-def toy_clip_config() -> dict:
-    """The toy CLIP's open_clip model config (a copy)."""
-    return json.loads(TOY_CLIP_CONFIG.read_text(encoding="utf-8"))
-
-
 def create_toy_clip(
     pretrained: bool = True,
     *,
@@ -167,31 +163,6 @@ def images_to_tensor(images) -> torch.Tensor:
     return (x - mean) / std
 
 
-def hf_vision_config(model: open_clip.CLIP):
-    """The transformers ``CLIPVisionConfig`` equal to the toy CLIP's vision tower.
-
-    Mapping: width -> hidden_size, layers -> num_hidden_layers, width / head_width ->
-    num_attention_heads, mlp_ratio * width -> intermediate_size, exact GELU -> ``"gelu"``
-    (transformers defaults to quick_gelu), LayerNorm eps 1e-5, embed_dim -> projection_dim.
-    """
-    from transformers import CLIPVisionConfig
-
-    vision = toy_clip_config()["vision_cfg"]
-    width = vision["width"]
-    return CLIPVisionConfig(
-        hidden_size=width,
-        intermediate_size=int(width * vision.get("mlp_ratio", 4.0)),
-        num_hidden_layers=vision["layers"],
-        num_attention_heads=width // vision.get("head_width", 64),
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        num_channels=3,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=model.visual.proj.shape[1],
-    )
-
-
 def hf_vision_state_dict(model: open_clip.CLIP) -> dict[str, torch.Tensor]:
     """The vision tower's weights under transformers ``CLIPVisionModel`` names (no prefix).
 
@@ -240,7 +211,9 @@ def to_hf_vision_model(model: open_clip.CLIP):
     """
     from transformers import CLIPVisionModelWithProjection
 
-    hf = CLIPVisionModelWithProjection(hf_vision_config(model))
+    # toy_llava.vision_config maps the config: width -> hidden_size, width / head_width -> heads,
+    # mlp_ratio * width -> intermediate_size, exact GELU -> "gelu" (transformers defaults to quick_gelu)
+    hf = CLIPVisionModelWithProjection(vision_config())
     weights = hf_vision_state_dict(model)
     target = hf.state_dict()
     # transformers 4.x prefixes the trunk with "vision_model."; 5.x keeps that name as a module too.

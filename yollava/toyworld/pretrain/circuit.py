@@ -1,6 +1,6 @@
 """The toy LLaVA's comparison circuit, written into the weights instead of learnt.
 
-Eight sessions of probes (README "The toy world") showed a 128-wide language model learning every
+Eight sessions of probes (docs/toyworld.md) showed a 128-wide language model learning every
 lookup-like skill of the toy world quickly and sitting at chance for thousands of steps on the one
 skill personalization needs: comparing a description (or a soft prompt) with the subjects in a
 photo. This module builds that skill by construction, the way RASP-style compiled transformers do,
@@ -35,14 +35,19 @@ latent tokens must become flagged attribute codes, which is a smooth target for 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
+from yollava.toyworld.pretrain.batches import SampleEncoder, forward_hidden
+from yollava.toyworld.pretrain.mix import ToySample
+from yollava.toyworld.pretrain.scenes import patch_labels
 from yollava.toyworld.world import ATTRIBUTES, BACKGROUNDS, Scene
 
 # (attribute, value) slots of the code; "none" (no accessory) has no slot of its own. The last slot,
@@ -136,7 +141,7 @@ def check_arch(model: LlavaForConditionalGeneration) -> None:
     rope = getattr(text, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(text, "rope_theta", None))
     if theta is None or theta < 1e8:
-        raise ValueError(f"compiled circuit: RoPE base {theta} rotates the matching dimensions; use >= 1e8 (toy.recipe_arch('compiled'))")
+        raise ValueError(f"compiled circuit: RoPE base {theta} rotates the matching dimensions; use >= 1e8 (pretrain.config.compiled_arch())")
 
 
 def static_dims(head_dim: int, start: int) -> list[int]:
@@ -197,7 +202,7 @@ def compile_embeddings(model: LlavaForConditionalGeneration, tokenizer: Any, cfg
 
 
 def image_targets(labels: torch.Tensor, backgrounds: Sequence[str], hidden: int, cfg: CircuitConfig) -> torch.Tensor:
-    """Projector targets per scene and patch from :func:`~yollava.toyworld.llava.patch_labels`.
+    """Projector targets per scene and patch from :func:`~yollava.toyworld.pretrain.scenes.patch_labels`.
 
     Args:
         labels: (scenes, patches, len(ATTRIBUTES) + 1) value indices (-100: none) and role.
@@ -223,50 +228,6 @@ def image_targets(labels: torch.Tensor, backgrounds: Sequence[str], hidden: int,
     x[..., BACKGROUND:BACKGROUND + len(BACKGROUNDS)] = cfg.image_code * (~on).unsqueeze(-1).float() * F.one_hot(index, len(BACKGROUNDS)).unsqueeze(1).float()
     x[..., CONST] = (hidden - x.pow(2).sum(-1)).clamp(min=1.0).sqrt()
     return x * cfg.row_scale
-
-
-def fit_projector(model: LlavaForConditionalGeneration, bank: Any, targets: torch.Tensor, steps: int, lr: float,
-                  batch: int = 64, seed: int = 0, log: Callable[[str], None] = print, tower_lr_scale: float = 0.0) -> list[dict[str, float]]:
-    """Least-squares fit of the projector onto ``targets`` (language model untouched).
-
-    ``bank``: precomputed tower features, or a :class:`~yollava.toyworld.llava.PixelBank` with
-    ``tower_lr_scale`` > 0 to fine-tune the vision tower end to end on the same targets.
-
-    The fit gives each slot about its posterior; layer 0's MLP sharpens them (:func:`compile_layers`).
-    """
-    projector = model.model.multi_modal_projector
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = list(projector.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "scale": 1.0}]
-    if tower_lr_scale:
-        tower = list(model.model.vision_tower.parameters())
-        for p in tower:
-            p.requires_grad_(True)
-        groups.append({"params": tower, "scale": tower_lr_scale})
-        params = params + tower
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    scale = targets[..., :FREE_START].pow(2).mean()
-    history, losses = [], []
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = group["scale"] * lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        index = torch.randint(len(bank), (batch,), generator=generator)
-        loss = F.mse_loss(projector(bank[index].float()), targets[index]) / scale
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % 200 == 0 or step == steps - 1:
-            history.append({"stage": "code_projector", "step": step + 1, "relative_mse": round(sum(losses) / len(losses), 5)})
-            losses = []
-            log(str(history[-1]))
-    for p in params:
-        p.requires_grad_(False)
-    return history
 
 
 def _image_const(hidden: int, cfg: CircuitConfig) -> float:
@@ -564,18 +525,14 @@ def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
 
 def code_targets(scenes: Sequence[Scene], hidden: int, grid: int, cfg: CircuitConfig) -> torch.Tensor:
     """:func:`image_targets` of ``scenes`` (their patch labels on a ``grid`` x ``grid`` raster)."""
-    from yollava.toyworld.llava import patch_labels
-
     labels = torch.stack([torch.from_numpy(patch_labels(s, grid)) for s in scenes])
     return image_targets(labels, [s.background for s in scenes], hidden, cfg)
 
 
 @torch.no_grad()
-def match_values(model: LlavaForConditionalGeneration, encoder: Any, samples: Sequence[Any], bank: torch.Tensor,
+def match_values(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: torch.Tensor,
                  cfg: CircuitConfig, batch_size: int = 50) -> list[float]:
     """The MATCH dimension after layer 1 at each prompt's last position (about 1: a patch matches)."""
-    from yollava.toyworld.llava import _hidden
-
     seen: dict[str, torch.Tensor] = {}
     handle = model.model.language_model.layers[1].register_forward_hook(
         lambda module, args, output: seen.__setitem__("h", output[0] if isinstance(output, tuple) else output))
@@ -583,7 +540,7 @@ def match_values(model: LlavaForConditionalGeneration, encoder: Any, samples: Se
     try:
         for start in range(0, len(samples), batch_size):
             items = [encoder(s, with_answer=False) for s in samples[start : start + batch_size]]
-            _hidden(model, encoder, items, bank, None)
+            forward_hidden(model, encoder, items, bank)
             last = torch.tensor([len(e.ids) - 1 for e in items])
             out.extend((seen["h"][torch.arange(len(items)), last, MATCH] / cfg.row_scale).tolist())
     finally:
@@ -591,13 +548,11 @@ def match_values(model: LlavaForConditionalGeneration, encoder: Any, samples: Se
     return out
 
 
-def calibrate_circuit(model: LlavaForConditionalGeneration, encoder: Any, samples: Sequence[Any], bank: torch.Tensor,
+def calibrate_circuit(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: torch.Tensor,
                         cfg: CircuitConfig, grid: dict[str, Sequence[float]], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the circuit's free numbers (``grid``: CircuitConfig field -> candidates, e.g. threshold,
     size_weight) by yes/no accuracy of MATCH > 0.5 on ``samples`` (training scenes), recompile with
     the best, and return the sweep. Ties go to the first candidate of each field."""
-    import itertools
-
     sweep = {}
     for values in itertools.product(*grid.values()):
         for name, value in zip(grid, values):
