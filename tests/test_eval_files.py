@@ -155,6 +155,7 @@ def test_descriptions_file_and_prefixes(tmp_path):
     # a description naming the subject keeps its wording; another is put as "<name> is ..."
     assert description_prefix(texts["bo"], "<bo>") == "<bo> is a charming Shiba Inu."
     assert description_prefix(texts["mam"], "<mam>") == "<mam> is a small grey cat."
+    assert description_prefix("A small grey cat.", "<x00>") == "<x00> is a small grey cat."
     for bad, fragment in (("[1]", "expected an object"), ('{"bo": ""}', "entry 'bo' must be a non-empty string"), ("{", "not valid JSON")):
         with pytest.raises(YollavaError, match=fragment):
             read_descriptions(write(tmp_path / "bad.json", bad))

@@ -273,11 +273,22 @@ def evaluate(
     cfg = load_config(overrides=[f"model.name={name}"] if name else None)
     base = load_base(cfg.model)
     records = run_evaluation(plan, base, err, ChatFormat.load(cfg.prompt.template))
-    table = Table(title=f"{', '.join(plan.methods)} on {data} ({base.model_id})")
-    for column in ("method", "concept", "task", "accuracy", "details", "n", "tokens"):
-        table.add_column(column)
-    for r in records:
-        table.add_row(r["method"], r["concept"], r["task"], f"{r['accuracy']:.3f}", _details(r), str(r["n_questions"]), str(r["tokens_per_query"]))
+    if len(plan.subjects) == 1:
+        table = Table(title=f"<{plan.subjects[0]}> on {data} ({base.model_id})")
+        for column in ("method", "task", "accuracy", "details", "n", "tokens"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(r["method"], r["task"], f"{r['accuracy']:.3f}", _details(r), str(r["n_questions"]), str(r["tokens_per_query"]))
+    else:
+        table = Table(title=f"{len(plan.subjects)} concepts on {data} ({base.model_id}): means over concepts (every record in --json)")
+        for column in ("method", "task", "accuracy", "min", "max", "tokens"):
+            table.add_column(column)
+        for name in plan.methods:
+            for task_name in plan.tasks:
+                rows = [r for r in records if r["method"] == name and r["task"] == task_name]
+                values = [r["accuracy"] for r in rows]
+                table.add_row(name, task_name, f"{sum(values) / len(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}",
+                              f"{sum(r['tokens_per_query'] for r in rows) / len(rows):.0f}")
     out.print(table)
     if json_path is not None:
         write_json_atomic(json_path, records)
@@ -304,7 +315,7 @@ def _details(record: dict) -> str:
 @app.command()
 def report(
     results: List[Path] = typer.Argument(..., help="results files written by `yollava eval --json`"),
-    out_dir: Path = typer.Option(..., "--out", help="folder for table.md, table.json and recognition_vs_tokens.png"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for table.md, table.json, records.json and recognition_vs_tokens.png"),
     title: str = typer.Option("", "--title", help="heading of the markdown table"),
 ) -> None:
     """The paper's Table 5 from evaluation results: methods as columns, means over concepts, and a recognition-vs-tokens plot."""

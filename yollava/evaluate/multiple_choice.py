@@ -23,11 +23,11 @@ from typing import Any, Callable, Sequence
 
 from yollava.base import Base
 from yollava.evaluate.answers import judge_choice
-from yollava.evaluate.qa_files import LETTERS, Question
+from yollava.evaluate.qa_files import Question
 from yollava.evaluate.scoring import answer_loglik, first_answer_tokens, generate, next_token_scores
 from yollava.forward import FeatureCache
-from yollava.methods.personalization import Personalization, build_query, evaluation_template
-from yollava.prompts import ChatFormat
+from yollava.methods.personalization import Personalization, build_query
+from yollava.prompts import LETTERS, ChatFormat, multiple_choice_prompt
 
 GENERATION_TOKENS = 16
 
@@ -62,10 +62,8 @@ class MultipleChoiceResult:
 
 
 def letter_prompt(question: str, options: Sequence[str]) -> str:
-    """The question with its options lettered A, B, ... in the given order (templates/evaluation.yaml)."""
-    template = evaluation_template()["multiple_choice"]
-    lines = "\n".join(template["option"].replace("{letter}", LETTERS[i]).replace("{text}", text) for i, text in enumerate(options))
-    return template["prompt"].replace("{question}", question).replace("{options}", lines)
+    """The question with its options lettered A, B, ... in the given order (:func:`yollava.prompts.multiple_choice_prompt`)."""
+    return multiple_choice_prompt(question, options)
 
 
 def rotations(options: Sequence[str]) -> list[list[str]]:

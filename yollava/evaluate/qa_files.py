@@ -30,10 +30,10 @@ from typing import Any, Sequence
 from yollava.errors import YollavaError
 from yollava.evaluate.layout import Benchmark
 from yollava.images import IMAGE_SUFFIXES, file_sha256
+from yollava.prompts import LETTERS
 
 PLACEHOLDER = "sks"
 _PLACEHOLDER_RE = re.compile(r"<sks>|\bsks\b")
-LETTERS = "ABCDEFGHIJ"
 
 
 class QAKind(str, Enum):

@@ -16,6 +16,7 @@ from yollava.storage import atomic_path, write_json_atomic, write_text_atomic
 REPORT_MD = "table.md"
 REPORT_JSON = "table.json"
 REPORT_PLOT = "recognition_vs_tokens.png"
+REPORT_RECORDS = "records.json"  # the records without their per-item details
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def plot_recognition_vs_tokens(table: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_report(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> dict[str, Path]:
-    """Write ``table.md``, ``table.json`` and ``recognition_vs_tokens.png`` into ``out``.
+    """Write ``table.md``, ``table.json``, ``records.json`` (every record but its items) and ``recognition_vs_tokens.png`` into ``out``.
 
     Returns:
         The written paths by kind.
@@ -197,9 +198,10 @@ def write_report(records: Sequence[dict[str, Any]], out: str | Path, title: str 
     table = build_table(records)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / REPORT_MD, "json": out / REPORT_JSON}
+    paths = {"markdown": out / REPORT_MD, "json": out / REPORT_JSON, "records": out / REPORT_RECORDS}
     write_text_atomic(paths["markdown"], render_markdown(table, title))
     write_json_atomic(paths["json"], table)
+    write_json_atomic(paths["records"], [{k: v for k, v in r.items() if k != "items"} for r in records])
     if table["cells"]["weighted"]:
         paths["plot"] = plot_recognition_vs_tokens(table, out / REPORT_PLOT)
     return paths

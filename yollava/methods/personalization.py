@@ -180,13 +180,17 @@ def description_prefix(description: str, identifier: str) -> str:
 
     A description that names the subject itself (``<sks> is a charming Shiba Inu ...``, the placeholder
     of the published description files) keeps its wording with the placeholder replaced; any other
-    (``a small red striped round pet``) becomes ``{identifier} is {description}.``.
+    (``a small red striped round pet``, or a base's own summary ``A small red ...``) becomes
+    ``{identifier} is {description}.``, a leading article lower-cased.
     """
     from yollava.evaluate.qa_files import personalize
 
     text = " ".join(personalize(description, identifier).split())
     if identifier in text:
         return text if text.endswith((".", "!", "?")) else text + "."
+    first, _, rest = text.partition(" ")
+    if first in ("A", "An", "The"):
+        text = f"{first.lower()} {rest}"
     return evaluation_template()["description"]["prefix"].replace("{name}", identifier).replace("{description}", text.rstrip(". "))
 
 
