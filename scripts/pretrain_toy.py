@@ -47,7 +47,7 @@ from yollava.toyworld.pretrain.fresh import new_model
 from yollava.toyworld.pretrain.quality import quick_report, tensors_sha256
 from yollava.toyworld.pretrain.scenes import HELDOUT_STREAM, IMAGE_SIZE, TRAIN_STREAM, draw_scene
 from yollava.toyworld.pretrain.stages import Pretraining
-from yollava.toyworld.pretrain.vocabulary import build_tokenizer, extend_tokenizer, required_words
+from yollava.toyworld.pretrain.vocabulary import build_tokenizer, required_words
 from yollava.toyworld.world import GENERATOR_VERSION
 
 
@@ -225,16 +225,8 @@ def main() -> None:
     circuit, frozen, calibration = None, None, {}
     if args.init is not None:
         tokenizer_json = Tokenizer.from_file(str(args.init / toy.TOKENIZER_FILE))
+        tokenizer = toy.wrap_tokenizer(args.init / toy.TOKENIZER_FILE)
         model = toy.load_toy_base(args.init).model
-        # words the data now needs and the saved tokenizer lacks (new templates): appended, into the padded rows
-        tokenizer_json, added = extend_tokenizer(tokenizer_json, required_words())
-        if tokenizer_json.get_vocab_size() > model.config.text_config.vocab_size:
-            raise SystemExit(f"{len(added)} new words do not fit the {model.config.text_config.vocab_size} embedding rows; build from scratch")
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer_json.save(str(Path(tmp) / toy.TOKENIZER_FILE))
-            tokenizer = toy.wrap_tokenizer(Path(tmp) / toy.TOKENIZER_FILE)
-        if added:
-            log(f"tokenizer of {args.init} extended by {len(added)} words: {' '.join(added)}")
         saved = json.loads((args.init / toy.CONFIG_FILE).read_text(encoding="utf-8"))
         config.arch = toy.ToyLlavaArch(**saved["arch"])
         if saved.get("circuit") is not None:
@@ -257,9 +249,8 @@ def main() -> None:
     run = Pretraining(model, tokenizer, config, log, circuit=circuit, frozen=frozen)
     log(f"tokenizer {len(tokenizer)} entries; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{len(run.exclude)} excluded identities; {len(run.train_scenes)} training and {len(run.heldout_scenes)} held-out scenes")
-    for weights in [config.mix, *(s.mix for s in config.stages if s.mix is not None)]:
-        if run.unknown_words(weights=weights):
-            raise SystemExit("the data mix produces <unk> tokens; the vocabulary misses a word (see pretrain.vocabulary.required_words)")
+    if run.unknown_words():
+        raise SystemExit("the data mix produces <unk> tokens; the vocabulary misses a word (see pretrain.vocabulary.required_words)")
 
     history = []
     for stage in config.stages:

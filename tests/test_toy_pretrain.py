@@ -34,7 +34,7 @@ from yollava.toyworld.pretrain.scenes import (
 from yollava.toyworld.pretrain.tower import supervise_tower
 from yollava.toyworld.pretrain.vocabulary import build_tokenizer, required_words
 from yollava.toyworld.toy_llava import TOKENIZER_FILE, WEIGHTS_FILE, ToyLlavaArch, wrap_tokenizer
-from yollava.toyworld.world import ATTRIBUTES, describe_subject
+from yollava.toyworld.world import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 # The quick build's stage losses, circuit calibration and a projection of every weight tensor,
@@ -105,68 +105,6 @@ def test_the_mix_draws_every_task_of_its_weights_and_no_other(mix):
     only = MixWeights(**{task: 0.0 for task in vars(MixWeights())} | {"presence": 0.5, "category": 0.5})
     kinds = {mix.sample(rng, only).kind for _ in range(200)}
     assert kinds == {"presence", "category"}
-
-
-def test_the_evaluation_formats_ask_what_yollava_eval_asks(mix):
-    """Lettered questions in templates/evaluation.yaml's format with a correct letter; named captions;
-    summaries of several captions; all balanced and in the tokenizer's words."""
-    from yollava.evaluate.answers import judge_choice
-    from yollava.prompts import load_template
-    from yollava.toyworld.pretrain.mix import named_caption
-    from yollava.toyworld.world import caption
-
-    rng = random.Random(3)
-    letters = []
-    for i in range(60):
-        sample = mix.choice_text(mix.scenes[i].main.subject, rng) if i % 2 else mix.choice_visual(i, rng)
-        assert sample.user.endswith("Answer with the option's letter from the given choices directly.")
-        options = [line.split(". ", 1)[1] for line in sample.user.split("\n")[1:-1]]
-        assert 2 <= len(options) <= 4 and len(set(options)) == len(options)
-        letters.append(sample.answer)
-        if sample.kind == "choice_text":
-            subject = mix.scenes[i].main.subject
-            assert options["ABCD".index(sample.answer)] == str(getattr(subject, sample.tag))
-        assert judge_choice(sample.answer, list(zip("ABCD", options))) == sample.answer
-    assert 0.3 < letters.count("A") / len(letters) < 0.7
-    reversed_sample = mix.choice_text(mix.scenes[0].main.subject, random.Random(5), n=2, reverse=True)
-    forward_sample = mix.choice_text(mix.scenes[0].main.subject, random.Random(5), n=2)
-    assert {forward_sample.answer, reversed_sample.answer} == {"A", "B"}
-    for i in range(40):
-        scene = mix.scenes[i]
-        assert named_caption(scene, None, "<x01>") == caption(scene)[:1].upper() + caption(scene)[1:] + "."
-        assert named_caption(scene, scene.main.subject, "<x01>").startswith("<x01> ")
-        sample = mix.caption_named(i, rng, i % 2 == 0)
-        name = sample.user.split(" ", 1)[0]
-        assert (name in sample.answer) == sample.label and sample.user.startswith(f"{name} is ")
-    summary = mix.summary(mix.scenes[0].main.subject, rng)
-    question = load_template("evaluation")["auto_description"]["summary_question"]
-    assert summary.user.startswith(question.split("{captions}")[0]) and summary.answer.lower().startswith(describe_subject(mix.scenes[0].main.subject))
-    tokenizer = wrap_tokenizer_for_words()
-    unk = tokenizer.unk_token_id
-    for sample in (forward_sample, summary, mix.caption_named(3, rng, True), mix.choice_visual(4, rng)):
-        assert unk not in tokenizer(f"{sample.user} {sample.answer}")["input_ids"], sample
-
-
-def wrap_tokenizer_for_words():
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        build_tokenizer(required_words()).save(str(Path(tmp) / TOKENIZER_FILE))
-        return wrap_tokenizer(Path(tmp) / TOKENIZER_FILE)
-
-
-def test_a_saved_tokenizer_is_extended_without_moving_an_id():
-    from tokenizers import Tokenizer
-
-    from yollava.toyworld.pretrain.vocabulary import extend_tokenizer
-
-    old = build_tokenizer(["a", "red", "pet"])
-    new, added = extend_tokenizer(old, ["pet", "blue", "a", "B"])
-    assert added == ["blue", "B"]
-    assert all(new.token_to_id(t) == i for t, i in old.get_vocab().items())
-    assert [new.token_to_id(t) for t in added] == [old.get_vocab_size(), old.get_vocab_size() + 1]
-    assert new.encode("a blue pet").ids[1:] == [new.token_to_id(w) for w in ("a", "blue", "pet")]
-    assert isinstance(new, Tokenizer)
 
 
 def test_pixel_bank_gives_the_towers_features(mix, tmp_path):
@@ -265,12 +203,7 @@ def test_the_loop_scales_each_groups_rate_logs_means_and_restores_after_each_ste
 
 def test_the_compiled_recipe_and_its_overrides():
     stages = recipe.compiled_stages()
-    assert [s.name for s in stages] == ["vision", "code", "compile", "instruct", "formats"]
-    formats = stages[4].mix
-    new = ("choice_text", "choice_visual", "caption_named", "summary")
-    assert sum(getattr(formats, t) for t in new) == pytest.approx(0.5) and all(getattr(MixWeights(), t) == 0 for t in new)
-    assert all(getattr(formats, t) == share / 2 for t, share in vars(MixWeights()).items() if t not in (*new, "introduced"))
-    assert formats.introduced == MixWeights().introduced
+    assert [s.name for s in stages] == ["vision", "code", "compile", "instruct"]
     assert recipe.PretrainConfig().arch.head_dim == 64 and recipe.PretrainConfig().arch.rope_theta >= 1e8
     recipe.apply_overrides(stages, "instruct.lr=2e-3,instruct.mix=presence:0.5/verify:0.5", "vision=7")
     assert stages[3].lr == 2e-3 and stages[0].steps == 7
@@ -280,7 +213,7 @@ def test_the_compiled_recipe_and_its_overrides():
         with pytest.raises(ValueError, match=message):
             recipe.apply_overrides(recipe.compiled_stages(), bad)
     quick = recipe.quick(recipe.PretrainConfig())
-    assert [(s.steps, s.warmup) for s in quick.stages] == [(4, 2), (4, 0), (4, 0), (4, 2), (4, 2)]
+    assert [(s.steps, s.warmup) for s in quick.stages] == [(4, 2), (4, 0), (4, 0), (4, 2)]
 
 
 def _fingerprint(weights: Path) -> dict[str, float]:
@@ -315,7 +248,7 @@ def test_the_quick_build_reproduces_its_pinned_losses_calibration_and_weights(tm
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_toy.py"), "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("vision", "code", "compile", "instruct", "formats"):
+    for stage in ("vision", "code", "compile", "instruct"):
         assert f"stage {stage}:" in done.stdout
     assert "held-out quality" in done.stdout and f"wrote {out}" in done.stdout
     assert tensors_sha256(out / WEIGHTS_FILE) in done.stdout

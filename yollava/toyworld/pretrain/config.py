@@ -38,20 +38,6 @@ class StageConfig:
             raise ValueError(f"stage {self.name}: a {self.task} stage trains {' or '.join(STAGE_TASKS[self.task])}, not {self.trains!r}")
 
 
-FORMATS_STEPS = 1500
-
-
-def formats_mix() -> MixWeights:
-    """The ``formats`` stage's mix: the instruct mix at half its shares, and the four evaluation formats.
-
-    Introduced subjects keep their full share (half of them answered by a sentence): the shipped
-    instruct stage left 9 % of sentence answers incoherent ("Yes, this is not in this photo.").
-    """
-    half = {task: share / 2 for task, share in asdict(MixWeights()).items()}
-    return MixWeights(**{**half, "introduced": MixWeights().introduced, "choice_text": 0.15, "choice_visual": 0.15,
-                         "caption_named": 0.1, "summary": 0.1})
-
-
 def compiled_arch() -> ToyLlavaArch:
     """The language model the compiled recipe builds: the circuit needs 64-wide heads and a large RoPE base."""
     return ToyLlavaArch(head_dim=64, rope_theta=1e9)
@@ -70,9 +56,6 @@ def compiled_stages() -> list[StageConfig]:
         StageConfig("code", steps=3000, lr=3e-3, trains="projector", task="code", warmup=0),
         StageConfig("compile", steps=0, lr=0.0, trains="projector", task="compile", warmup=0),
         StageConfig("instruct", steps=1500, lr=1e-3, trains="all", task="mix", warmup=100),
-        # the evaluation formats of yollava eval (issue 15): lettered answers, named captions,
-        # summaries of captions, beside the instruct mix at half its shares so its skills stay
-        StageConfig("formats", steps=FORMATS_STEPS, lr=5e-4, trains="all", task="mix", warmup=50, mix=formats_mix()),
     ]
 
 

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from yollava.prompts import load_template, multiple_choice_prompt
+from yollava.prompts import load_template
 from yollava.toyworld.pretrain.answers import (
     CAPTION_QUESTIONS,
     PRESENCE_ANSWERS,
@@ -25,18 +25,13 @@ from yollava.toyworld.pretrain.scenes import lookalike
 from yollava.toyworld.pretrain.vocabulary import NAME_TOKENS
 from yollava.toyworld.world import (
     ATTRIBUTES,
-    BACKGROUND_PHRASES,
-    BACKGROUNDS,
     COUNT_WORDS,
-    FAMILIES,
     FINE_ATTRIBUTES,
-    SIDE_WORDS,
     VISUAL_QUESTIONS,
     Scene,
     Subject,
     caption,
     describe_subject,
-    sample_scene,
     sample_subject,
     side_of,
 )
@@ -77,12 +72,6 @@ class MixWeights:
     text: float = 0.12
     category: float = 0.03
     visual: float = 0.03
-    # the evaluation formats (templates/evaluation.yaml), taught by the ``formats`` stage; new tasks are
-    # appended with weight 0 so that earlier stages draw exactly what they drew before
-    choice_text: float = 0.0
-    choice_visual: float = 0.0
-    caption_named: float = 0.0
-    summary: float = 0.0
 
 
 def verify_question(name: str, target: Subject, attribute: str, positive: bool, rng: random.Random) -> str:
@@ -95,26 +84,6 @@ def verify_question(name: str, target: Subject, attribute: str, positive: bool, 
         "accessory": f"Does {name} have {with_article(str(value))}?",
         "accessory_color": f"Is the {target.accessory} of {name} {value}?",
     }.get(attribute, f"Is {name} {value}?")
-
-
-# option counts of the multiple-choice tasks (the benchmark files have two) and their shares
-CHOICE_COUNTS = ((2, 0.8), (3, 0.1), (4, 0.1))
-# captions a summary question gathers (auto-short sums up the captions of a subject's training photos)
-SUMMARY_CAPTIONS = (3, 10)
-# the eval caption question (templates/evaluation.yaml) joins the pretraining caption questions
-NAMED_CAPTION_SHARE = 0.5
-
-
-def named_caption(scene: Scene, target: Subject | None, name: str) -> str:
-    """The scene's caption with ``target`` called ``name``: "<x03> in a park next to a green plant."
-    for the main subject, "A small red ... next to <x03> and a black vehicle." for a distractor, and
-    the plain caption when ``target`` is not in the scene (None)."""
-    main = scene.main.subject
-    text = f"{name if target == main else describe_subject(main)} {BACKGROUND_PHRASES[scene.background]}"
-    others = [name if p.subject == target else with_article(f"{p.subject.color} {p.subject.family}") for p in scene.distractors]
-    if others:
-        text += " next to " + " and ".join(others)
-    return capitalised(text) + "."
 
 
 def _askable(subject: Subject) -> list[str]:
@@ -149,9 +118,6 @@ class DataMix:
         conversation = load_template("conversation")
         self.category_question = conversation["category_question"]
         self.recognition = load_template("recognition")
-        evaluation = load_template("evaluation")
-        self.caption_question = evaluation["caption"]["question"]
-        self.summary_question = evaluation["auto_description"]["summary_question"]
         self.single = [i for i, s in enumerate(self.scenes) if not s.distractors]
         self.single_person = [i for i in self.single if self.scenes[i].main.subject.is_person]
         self.single_other = [i for i in self.single if not self.scenes[i].main.subject.is_person]
@@ -337,72 +303,6 @@ class DataMix:
         intro = f"{name} is {describe_subject(scene.main.subject)}."
         return ToySample("visual", f"{intro} {VISUAL_QUESTIONS[kind].format(name=name)}", answer, index, tag=kind)
 
-    # -- the evaluation formats
-
-    def _choice(self, correct: str, candidates: Sequence[str], rng: random.Random, n: int | None, reverse: bool) -> tuple[list[str], str]:
-        """Options (correct + wrong ones from ``candidates``, shuffled; ``reverse``: then reversed) and the correct letter."""
-        n = n or rng.choices([c for c, _ in CHOICE_COUNTS], [w for _, w in CHOICE_COUNTS])[0]
-        wrong = [c for c in dict.fromkeys(candidates) if c != correct]
-        options = [correct, *rng.sample(wrong, min(n - 1, len(wrong)))]
-        rng.shuffle(options)
-        if reverse:
-            options.reverse()
-        return options, "ABCD"[options.index(correct)]
-
-    def choice_text(self, subject: Subject, rng: random.Random, n: int | None = None, reverse: bool = False) -> ToySample:
-        """A text-only lettered question about a subject introduced by its description (text QA's format).
-
-        ``n``: options (default :data:`CHOICE_COUNTS`); ``reverse``: the options in the opposite order.
-        """
-        name = self.pick_name(rng)
-        attribute = rng.choice(_askable(subject))
-        correct = attribute_answer(subject, attribute)
-        candidates = [v for v in ATTRIBUTES[attribute] if v != "none" and not (attribute == "accessory_color" and v == subject.color)]
-        options, letter = self._choice(correct, candidates, rng, n, reverse)
-        question = multiple_choice_prompt(attribute_question(attribute, name, subject), options)
-        return ToySample("choice_text", f"{name} is {describe_subject(subject)}. {question}", letter, tag=attribute)
-
-    def choice_visual(self, index: int, rng: random.Random, n: int | None = None, reverse: bool = False) -> ToySample:
-        """A lettered question about an introduced main subject in the photo (visual QA's format; ``n``, ``reverse``: as :meth:`choice_text`)."""
-        scene = self.scenes[index]
-        name = self.pick_name(rng)
-        present = {p.subject.family for p in scene.subjects}
-        kinds = ["background", "side", "count"] + (["neighbor"] if scene.distractors and len(present) < len(FAMILIES) else [])
-        kind = rng.choice(kinds)
-        if kind == "background":
-            correct, candidates = scene.background, list(BACKGROUNDS)
-        elif kind == "side":
-            correct, candidates = side_of(scene.main, scene.image_size), list(SIDE_WORDS)
-        elif kind == "count":
-            correct, candidates = COUNT_WORDS[len(scene.distractors)], list(COUNT_WORDS)
-        else:
-            correct = rng.choice(sorted({p.subject.family for p in scene.distractors}))
-            candidates = [correct, *(f for f in FAMILIES if f not in present)]
-        options, letter = self._choice(correct, candidates, rng, n, reverse)
-        question = multiple_choice_prompt(VISUAL_QUESTIONS[kind].format(name=name), options)
-        return ToySample("choice_visual", f"{name} is {describe_subject(scene.main.subject)}. {question}", letter, index, tag=kind)
-
-    def caption_named(self, index: int, rng: random.Random, positive: bool) -> ToySample:
-        """A caption that calls an introduced subject by its name when it is in the photo (caption recall's format).
-
-        Positive: the main subject (or, 15 % of the time, a distractor) is introduced; negative: an
-        absent subject (a lookalike, often) is, and the caption names nobody.
-        """
-        scene = self.scenes[index]
-        subject, tag = self._described(scene, rng, positive)
-        name = self.pick_name(rng)
-        question = self.caption_question if rng.random() < NAMED_CAPTION_SHARE else rng.choice(CAPTION_QUESTIONS)
-        answer = named_caption(scene, subject if positive else None, name)
-        return ToySample("caption_named", f"{name} is {describe_subject(subject)}. {question}", answer, index, positive, tag)
-
-    def summary(self, subject: Subject, rng: random.Random) -> ToySample:
-        """Several photos' captions of one subject, summed up as its description (auto-short's format)."""
-        n = rng.randint(*SUMMARY_CAPTIONS)
-        scenes = [sample_scene(rng, subject, n_distractors=rng.choice((0, 0, 1)), exclude=self.exclude) for _ in range(n)]
-        captions = " ".join(capitalised(caption(s)) + "." for s in scenes)
-        question = self.summary_question.replace("{captions}", captions)
-        return ToySample("summary", question, capitalised(describe_subject(subject)) + ".")
-
     def sample(self, rng: random.Random, weights: MixWeights) -> ToySample:
         """One instruction-tuning sample drawn from the mix."""
         kinds = list(asdict(weights))
@@ -429,13 +329,4 @@ class DataMix:
             return self.text_verify(subject, rng, positive) if rng.random() < 0.5 else self.text(subject, rng)
         if kind == "category":
             return self.category(rng, positive)
-        if kind == "choice_text":
-            subject = self.scenes[index].main.subject if rng.random() < 0.5 else sample_subject(rng, exclude=self.exclude)
-            return self.choice_text(subject, rng)
-        if kind == "choice_visual":
-            return self.choice_visual(index, rng)
-        if kind == "caption_named":
-            return self.caption_named(index, rng, positive)
-        if kind == "summary":
-            return self.summary(sample_subject(rng, exclude=self.exclude), rng)
         return self.visual(index, rng)

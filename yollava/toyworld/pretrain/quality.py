@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,12 @@ from safetensors import safe_open
 from transformers import LlavaForConditionalGeneration
 
 from yollava.prompts import IGNORE_INDEX
-from yollava.toyworld.pretrain.batches import EncodedSample, SampleEncoder, forward_hidden
+from yollava.toyworld.pretrain.batches import SampleEncoder, forward_hidden
 from yollava.toyworld.pretrain.mix import DataMix, ToySample
 
 # the issue's gates on held-out scenes (docs/toyworld.md has the shipped model's numbers)
 GATES = {"attribute": 0.95, "presence": 0.90, "introduced": 0.85}
 YES_RATE_TOLERANCE = 0.05
-# the evaluation formats (issue 15): each asked about a held-out subject given its true description
-FORMAT_GATES = {"choice_text": 0.90, "choice_visual": 0.90, "caption_recall": 0.90, "summary": 0.90, "coherent": 0.98}
-CAPTION_FALSE_MENTION_MAX = 0.10
-CAPTION_TOKENS = 40
-ANSWER_TOKENS = 24
 
 
 @dataclass
@@ -39,11 +34,6 @@ class EvalSet:
     text_verify: list[ToySample]
     text: list[ToySample]
     category: list[ToySample]
-    choice_text: list[ToySample] = field(default_factory=list)
-    choice_visual: list[ToySample] = field(default_factory=list)
-    caption_named: list[ToySample] = field(default_factory=list)
-    summary: list[ToySample] = field(default_factory=list)
-    sentences: list[ToySample] = field(default_factory=list)
 
 
 def build_eval_set(mix: DataMix, seed: int, n: int = 400) -> EvalSet:
@@ -74,26 +64,8 @@ def build_eval_set(mix: DataMix, seed: int, n: int = 400) -> EvalSet:
     text_verify = [mix.text_verify(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng, i % 2 == 0) for i in range(n)]
     text = [mix.text(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng) for _ in range(n)]
     category = [mix.category(rng, i % 2 == 0) for i in range(n // 2)]
-    # the evaluation formats, from their own random source (the items above stay what they were)
-    rng = random.Random(f"{seed}:eval-formats")
-    choice_text, choice_visual = [], []
-    for _ in range(n // 2):
-        # each two-option question in both orders, so a letter preference cannot score
-        subject, index = mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng.randrange(len(mix.scenes))
-        state = rng.getstate()
-        choice_text.append(mix.choice_text(subject, rng, n=2))
-        rng.setstate(state)
-        choice_text.append(mix.choice_text(subject, rng, n=2, reverse=True))
-        state = rng.getstate()
-        choice_visual.append(mix.choice_visual(index, rng, n=2))
-        rng.setstate(state)
-        choice_visual.append(mix.choice_visual(index, rng, n=2, reverse=True))
-    caption_named = [mix.caption_named(rng.randrange(len(mix.scenes)), rng, i % 2 == 0) for i in range(n // 2)]
-    summary = [mix.summary(mix.scenes[rng.randrange(len(mix.scenes))].main.subject, rng) for _ in range(n // 2)]
-    sentences = [mix.introduced(rng.randrange(len(mix.scenes)), rng, i % 2 == 0, eval_question=False, second=False) for i in range(n // 2)]
     return EvalSet(attribute=attribute[:n], conversation=conversation, presence=presence, introduced=introduced, verify=verify,
-                   text_verify=text_verify, text=text, category=category, choice_text=choice_text, choice_visual=choice_visual,
-                   caption_named=caption_named, summary=summary, sentences=sentences)
+                   text_verify=text_verify, text=text, category=category)
 
 
 @torch.no_grad()
@@ -129,81 +101,6 @@ def exact_matches(model: LlavaForConditionalGeneration, encoder: SampleEncoder, 
     return out
 
 
-@torch.no_grad()
-def letter_predictions(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: Any,
-                       batch_size: int = 32) -> list[str]:
-    """The option letter with the highest first-answer-token logit (among A, B), as yollava's letter scoring reads it."""
-    letters = ["A", "B"]
-    ids = encoder.tokenizer.convert_tokens_to_ids(letters)
-    out: list[str] = []
-    for start in range(0, len(samples), batch_size):
-        items = [encoder(s, with_answer=False) for s in samples[start : start + batch_size]]
-        hidden, _ = forward_hidden(model, encoder, items, bank)
-        last = hidden[torch.arange(len(items)), torch.tensor([len(e.ids) - 1 for e in items])]
-        out.extend(letters[i] for i in model.lm_head(last)[:, ids].argmax(-1).tolist())
-    return out
-
-
-@torch.no_grad()
-def greedy_texts(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: Any,
-                 max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy answers (no cache: the whole prompt is re-read each step, a few dozen steps at this size)."""
-    eos = encoder.tokenizer.eos_token_id
-    out: list[str] = []
-    for start in range(0, len(samples), batch_size):
-        items = [encoder(s, with_answer=False) for s in samples[start : start + batch_size]]
-        answers: list[list[int]] = [[] for _ in items]
-        done = [False] * len(items)
-        for _ in range(max_new_tokens):
-            current = [EncodedSample(e.ids + a, [IGNORE_INDEX] * (len(e.ids) + len(a)), e.scene, e.sample) for e, a in zip(items, answers)]
-            hidden, _ = forward_hidden(model, encoder, current, bank)
-            last = hidden[torch.arange(len(current)), torch.tensor([len(e.ids) - 1 for e in current])]
-            for row, token in enumerate(model.lm_head(last).argmax(-1).tolist()):
-                if not done[row]:
-                    if token == eos:
-                        done[row] = True
-                    else:
-                        answers[row].append(token)
-            if all(done):
-                break
-        out.extend(encoder.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers)
-    return out
-
-
-def format_report(model: LlavaForConditionalGeneration, encoder: SampleEncoder, eval_set: EvalSet, bank: Any) -> dict[str, Any]:
-    """The evaluation formats on held-out subjects given their true description: lettered text and
-    visual questions (each in both orders), named captions (recall and false mentions), summaries
-    of captions, and whether sentence answers to recognition questions are a coherent yes or no."""
-    from yollava.evaluate.answers import OTHER, judge_yes_no, mentions
-
-    def letters(samples: Sequence[ToySample]) -> dict[str, Any]:
-        predicted = letter_predictions(model, encoder, samples, bank)
-        correct = [p == s.answer for p, s in zip(predicted, samples)]
-        return {**match_report(samples, correct), "a_rate": _rate([p == "A" for p in predicted])}
-
-    captions = greedy_texts(model, encoder, eval_set.caption_named, bank, CAPTION_TOKENS)
-    names = [s.user.split(" ", 1)[0] for s in eval_set.caption_named]
-    named = [mentions(c, n) for c, n in zip(captions, names)]
-    answers = greedy_texts(model, encoder, eval_set.sentences, bank, ANSWER_TOKENS)
-    verdicts = [judge_yes_no(a) for a in answers]
-    return {
-        "choice_text": letters(eval_set.choice_text),
-        "choice_visual": letters(eval_set.choice_visual),
-        "caption_named": {
-            "recall": _rate([m for m, s in zip(named, eval_set.caption_named) if s.label]),
-            "false_mention": _rate([m for m, s in zip(named, eval_set.caption_named) if not s.label]),
-            "exact": _rate([c == s.answer for c, s in zip(captions, eval_set.caption_named)]),
-            "n": len(captions), "examples": [{"prompt": s.user, "caption": c} for s, c in list(zip(eval_set.caption_named, captions))[:4]],
-        },
-        "summary": match_report(eval_set.summary, exact_matches(model, encoder, eval_set.summary, bank)),
-        "sentences": {
-            "coherent": _rate([v != OTHER for v in verdicts]),
-            "accuracy": _rate([v == ("yes" if s.label else "no") for v, s in zip(verdicts, eval_set.sentences)]),
-            "n": len(verdicts), "incoherent": [a for a, v in zip(answers, verdicts) if v == OTHER][:8],
-        },
-    }
-
-
 def _rate(values: Sequence[bool]) -> float:
     return round(sum(values) / len(values), 4) if values else float("nan")
 
@@ -230,8 +127,7 @@ def match_report(samples: Sequence[ToySample], matched: Sequence[bool]) -> dict[
     return {"accuracy": _rate(list(matched)), "n": len(samples), "by_kind": _by_kind([s.tag or s.kind for s in samples], matched)}
 
 
-def evaluate_quality(model: LlavaForConditionalGeneration, encoder: SampleEncoder, eval_set: EvalSet, bank: Any, seed: int = 0,
-                     formats: bool = True) -> dict[str, Any]:
+def evaluate_quality(model: LlavaForConditionalGeneration, encoder: SampleEncoder, eval_set: EvalSet, bank: Any, seed: int = 0) -> dict[str, Any]:
     """Held-out quality of the base before any personalization, with the issue's gates.
 
     Returns:
@@ -241,8 +137,7 @@ def evaluate_quality(model: LlavaForConditionalGeneration, encoder: SampleEncode
         introduced by a description, pool names; half the negatives one-fine-attribute
         lookalikes), ``introduced_new_identifier`` (the same with mean-initialised identifiers),
         ``text`` (text-only answers about an introduced subject), ``category``, ``verify`` and
-        ``text_verify`` (one-attribute comparisons on the image and in text), ``formats``
-        (:func:`format_report`; with ``formats``) and ``gates``.
+        ``text_verify`` (one-attribute comparisons on the image and in text), and ``gates``.
     """
     model.eval()
 
@@ -272,16 +167,6 @@ def evaluate_quality(model: LlavaForConditionalGeneration, encoder: SampleEncode
         f"introduced_fine_lookalikes>={GATES['introduced']:.2f}":
             introduced["by_kind"].get("negative:fine", {}).get("accuracy", 0) >= GATES["introduced"],
     }
-    if formats and eval_set.choice_text:
-        f = report["formats"] = format_report(model, encoder, eval_set, bank)
-        report["gates"].update({
-            f"choice_text>={FORMAT_GATES['choice_text']:.2f}": f["choice_text"]["accuracy"] >= FORMAT_GATES["choice_text"],
-            f"choice_visual>={FORMAT_GATES['choice_visual']:.2f}": f["choice_visual"]["accuracy"] >= FORMAT_GATES["choice_visual"],
-            f"caption_recall>={FORMAT_GATES['caption_recall']:.2f}": f["caption_named"]["recall"] >= FORMAT_GATES["caption_recall"],
-            f"caption_false_mention<={CAPTION_FALSE_MENTION_MAX:.2f}": f["caption_named"]["false_mention"] <= CAPTION_FALSE_MENTION_MAX,
-            f"summary>={FORMAT_GATES['summary']:.2f}": f["summary"]["accuracy"] >= FORMAT_GATES["summary"],
-            f"recognition_sentences_coherent>={FORMAT_GATES['coherent']:.2f}": f["sentences"]["coherent"] >= FORMAT_GATES["coherent"],
-        })
     return report
 
 
@@ -295,10 +180,6 @@ def quick_report(report: dict[str, Any]) -> dict[str, float]:
         "introduced_new_id": report["introduced_new_identifier"]["accuracy"], "category": report["category"]["accuracy"],
         "verify": report["verify"]["accuracy"], "verify_yes_rate": report["verify"]["yes_rate"],
         "text_verify": report["text_verify"]["accuracy"],
-        **({"choice_text": report["formats"]["choice_text"]["accuracy"], "choice_visual": report["formats"]["choice_visual"]["accuracy"],
-            "caption_recall": report["formats"]["caption_named"]["recall"], "caption_false_mention": report["formats"]["caption_named"]["false_mention"],
-            "summary": report["formats"]["summary"]["accuracy"], "coherent": report["formats"]["sentences"]["coherent"]}
-           if "formats" in report else {}),
     }
 
 

@@ -14,7 +14,7 @@ from yollava.toyworld.pretrain import circuit as compiled
 from yollava.toyworld.pretrain.batches import SampleEncoder, batch_loss, collate_pretrain, embed_batch, replace_names
 from yollava.toyworld.pretrain.config import PretrainConfig, StageConfig
 from yollava.toyworld.pretrain.loop import train_loop, train_only
-from yollava.toyworld.pretrain.mix import DataMix, MixWeights, ToySample
+from yollava.toyworld.pretrain.mix import DataMix, ToySample
 from yollava.toyworld.pretrain.quality import build_eval_set, evaluate_quality, quick_report
 from yollava.toyworld.pretrain.scenes import (
     HELDOUT_STREAM,
@@ -124,11 +124,11 @@ class Pretraining:
         self.progress_set = build_eval_set(heldout_mix, config.seed + 1, max(20, config.eval_items // 4))
         self._banks: dict[str, tuple[Any, Any]] = {}
 
-    def unknown_words(self, draws: int = 2000, weights: MixWeights | None = None) -> int:
-        """How many of ``draws`` samples of a mix (default the run's) hold an ``<unk>`` token (0: the vocabulary covers it)."""
+    def unknown_words(self, draws: int = 2000) -> int:
+        """How many of ``draws`` samples of the mix hold an ``<unk>`` token (0: the vocabulary covers the mix)."""
         rng = random.Random(self.config.seed)
         unk = self.tokenizer.unk_token_id
-        return sum(unk in self.encoder(self.train_mix.sample(rng, weights or self.config.mix)).ids for _ in range(draws))
+        return sum(unk in self.encoder(self.train_mix.sample(rng, self.config.mix)).ids for _ in range(draws))
 
     def banks(self, pixels: bool) -> tuple[Any, Any]:
         """(training, held-out) banks: pixels while the tower trains, else its features (recomputed after it changed)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from typing import Any
 import yaml
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from yollava.prompts import LETTERS, templates_dir
+from yollava.prompts import templates_dir
 from yollava.toyworld.pretrain.answers import (
     CAPTION_QUESTIONS,
     PRESENCE_ANSWERS,
@@ -77,7 +76,6 @@ def _data_words() -> set[str]:
     texts = [*CAPTION_QUESTIONS, *PRESENCE_QUESTIONS, *TEXT_QUESTIONS.values(), *VISUAL_QUESTIONS.values()]
     texts += [a for answers in PRESENCE_ANSWERS.values() for a in answers]
     texts += ["the subject", "one", "this subject", "Riley", "Describe"]
-    texts += list(LETTERS[:4])  # the option letters of the multiple-choice tasks (mix.CHOICE_COUNTS)
     rng = random.Random(0)
     bank = conversation_bank()
     for _ in range(400):
@@ -126,22 +124,3 @@ def build_tokenizer(words: Sequence[str]) -> Tokenizer:
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokens.index(BOS))]
     )
     return tokenizer
-
-
-def extend_tokenizer(tokenizer: Tokenizer, words: Sequence[str]) -> tuple[Tokenizer, list[str]]:
-    """``tokenizer`` with the ``words`` it lacks appended (new ids after the last), every other id unchanged.
-
-    A saved toy LLaVA continued with new words in its data (``scripts/pretrain_toy.py --init``) keeps
-    its weights: the new words take rows of the padding past the tokenizer, which the compiled
-    embedding already filled like any other word's (a random free part).
-
-    Returns:
-        The extended tokenizer and the added words, in id order.
-    """
-    data = json.loads(tokenizer.to_str())
-    vocab = data["model"]["vocab"]
-    added = [w for w in words if w not in vocab]
-    first = max(vocab.values()) + 1
-    for offset, word in enumerate(added):
-        vocab[word] = first + offset
-    return Tokenizer.from_str(json.dumps(data)), added
