@@ -37,6 +37,7 @@ from yollava.methods.personalization import Personalization, description_prefix,
 from yollava.methods.soft_prompt import concept_personalization  # noqa: E402
 from yollava.models import load_base  # noqa: E402
 from yollava.storage import write_json_atomic, write_text_atomic  # noqa: E402
+from yollava.toyworld.benchmark import read_benchmark  # noqa: E402
 from yollava.train import train_concept  # noqa: E402
 
 
@@ -184,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as `yollava train` does (see yollava.cli._flush_denormals)
     console = Console(stderr=True)
-    names = json.loads((args.data / "benchmark.json").read_text())["concepts"]
+    names = read_benchmark(args.data)["concepts"]
     if args.concepts:
         names = names[: args.concepts]
     args.out.mkdir(parents=True, exist_ok=True)

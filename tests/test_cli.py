@@ -180,7 +180,7 @@ def test_existing_concept_without_overwrite(trained, image_dirs, capsys, monkeyp
     code, _, err = run_cli(train_args(image_dirs[0]), capsys, monkeypatch, trained)
     assert_user_error(code, err, "already exists", "--overwrite")
     assert (trained / "concepts" / "bo" / CONCEPT_WEIGHTS).read_bytes() == before
-    code, _, err = run_cli(train_args(image_dirs[0], "--overwrite"), capsys, monkeypatch, trained)
+    code, _, err = run_cli(train_args(image_dirs[0], "--overwrite", "--negatives", str(image_dirs[1])), capsys, monkeypatch, trained)
     assert code == 0, err
 
 

@@ -161,8 +161,10 @@ def test_concept_from_another_base_is_refused(tmp_path):
     params = init_concept(trainer, "bo", ConceptConfig(k=2))
     attach(trainer, params)
     save_concept(params, trainer, tmp_path)
-    with pytest.raises(YollavaError, match="hidden size .* pass --model tiny"):
+    # the same name with another shape: --model tiny would load the very base that was refused
+    with pytest.raises(YollavaError, match="records base tiny with hidden size 64 .* loaded tiny has 32 .* retrain") as refused:
         load_concept(build_tiny_base(hidden_size=32), tmp_path, "bo")
+    assert "--model" not in str(refused.value)
     record = json.loads((tmp_path / "bo" / CONCEPT_JSON).read_text())
     record["base_model"]["id"] = "llava-hf/llava-1.5-7b-hf"
     (tmp_path / "bo" / CONCEPT_JSON).write_text(json.dumps(record))

@@ -23,9 +23,9 @@ from yollava.retrieval.index import (
     build_index,
     load_index,
     make_faiss_index,
-    staged_directory,
     train_faiss_index,
 )
+from yollava.storage import staged_folder
 
 
 def colour_embedder(name: str = "colour") -> Embedder:
@@ -186,7 +186,7 @@ def test_a_crash_never_leaves_a_half_written_index(tmp_path):
     build_index(tmp_path / "idx", colour_embedder(), images=tmp_path / "pool", cache_dir=tmp_path / "c", progress=False)
     snapshot = {p.name: p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()}
     with pytest.raises(KeyboardInterrupt):
-        with staged_directory(tmp_path / "idx") as tmp:
+        with staged_folder(tmp_path / "idx") as tmp:
             (tmp / FAISS_FILE).write_bytes(b"half")
             raise KeyboardInterrupt
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").rglob("*") if p.is_file()} == snapshot

@@ -166,3 +166,34 @@ def test_large_negative_folder_is_sampled_with_a_seed(tmp_path, image_dirs):
     assert len(first.negatives) == 5 and first.negatives == collect_images(pos, neg, config).negatives
     config.seed = 1
     assert collect_images(pos, neg, config).negatives != first.negatives
+
+
+def test_a_crash_while_checkpointing_resumes_from_the_previous_checkpoint(tiny_config, image_dirs, tmp_path, monkeypatch):
+    """The checkpoint is one file (the state rides in its metadata), so no crash can pair two epochs' halves."""
+    pos, neg = image_dirs
+    tiny_config.train.epochs = 3
+    reference = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "ref", base=build_tiny_base())
+    ref_rows = load_tensors(reference.run_dir / "checkpoint.safetensors")
+
+    real = train_module.save_tensors_atomic
+    calls = {"n": 0}
+
+    def crash_on_second_checkpoint(path, *args, **kwargs):
+        if path.name == "checkpoint.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_tensors_atomic", crash_on_second_checkpoint)
+    store = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        train_concept(tiny_config, "bo", pos, neg, store=store, base=build_tiny_base())
+    monkeypatch.setattr(train_module, "save_tensors_atomic", real)
+    run = next((tmp_path / "runs" / "bo").iterdir())
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint.safetensors"]
+    resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    rows = load_tensors(resumed.run_dir / "checkpoint.safetensors")
+    for key in ("embed_rows", "head_rows", "best_embed_rows"):
+        torch.testing.assert_close(rows[key], ref_rows[key], rtol=0, atol=1e-6)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from yollava.errors import YollavaError
 
@@ -20,7 +23,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 concepts_app = typer.Typer(no_args_is_help=True, help="List, show and remove trained concepts.")
 app.add_typer(concepts_app, name="concepts")
 
-err = Console(stderr=True)
+# soft_wrap: a long message stays one line in a log file (a terminal wraps it itself)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 STORE_HELP = "concept store folder"
@@ -66,20 +70,51 @@ def _overrides(model: Optional[str], extra: Optional[List[str]], **mapped: Any) 
     return items + list(extra or [])
 
 
-# options shared by train, build-data and retrieve (typer reads them from each signature)
-NEGATIVES_OPT = typer.Option(None, "--negatives", help="folder of negative images (used as they are)")
-POOL_OPT = typer.Option(None, "--pool", help="folder of candidate images to mine hard negatives from")
-INDEX_OPT = typer.Option(None, "--index", help="index folder made by `yollava index build`")
-SERVICE_OPT = typer.Option(None, "--service", help="clip-retrieval back-end URL (laion extra)")
-INDEX_NAME_OPT = typer.Option(None, "--index-name", help="index name on the --service")
-PER_IMAGE_OPT = typer.Option(None, "--per-image", help="hard negatives per positive (default: ~100 in total)")
-EASY_OPT = typer.Option(100, "--easy", help="random (easy) negatives from the pool")
-EMBEDDER_OPT = typer.Option(None, "--embedder", help="image embedder for retrieval (default: LAION ViT-L/14; 'toy' for the toy world)")
 RECIPE_OPT = typer.Option(None, "--recipe", help="auto | recognition | recognition+conversation | full (data.recipe)")
 CATEGORY_OPT = typer.Option(None, "--category", help="auto | person | other: which attribute questions (data.category)")
 
+# Where negatives come from: the options train, build-data and retrieve share (see negative_options).
+NEGATIVE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "negatives": (Optional[Path], typer.Option(None, "--negatives", help="folder of negative images (used as they are)")),
+    "pool": (Optional[Path], typer.Option(None, "--pool", help="folder of candidate images to mine hard negatives from")),
+    "index": (Optional[Path], typer.Option(None, "--index", help="index folder made by `yollava index build`")),
+    "service": (Optional[str], typer.Option(None, "--service", help="clip-retrieval back-end URL (laion extra)")),
+    "index_name": (Optional[str], typer.Option(None, "--index-name", help="index name on the --service")),
+    "per_image": (Optional[int], typer.Option(None, "--per-image", help="hard negatives per positive (default: ~100 in total)")),
+    "easy": (int, typer.Option(100, "--easy", help="random (easy) negatives from the pool")),
+    "embedder": (Optional[str], typer.Option(None, "--embedder", help="image embedder for retrieval (default: LAION ViT-L/14; 'toy' for the toy world)")),
+}
 
-def _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder):
+
+def negative_options(*, folder: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the negative-source options; it receives them as one ``source: NegativeSource``.
+
+    typer reads a command's options from its signature, so the wrapper's signature is the command's
+    own (without ``source``) plus these options, and the wrapper turns their values into the source.
+    ``folder=False`` leaves out ``--negatives`` (a command that only mines).
+    """
+    names = [name for name in NEGATIVE_OPTIONS if folder or name != "negatives"]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name != "source"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=NEGATIVE_OPTIONS[name][1], annotation=NEGATIVE_OPTIONS[name][0])
+                 for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return command(source=_negative_source(**values), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**command.__annotations__, **{name: NEGATIVE_OPTIONS[name][0] for name in names}}
+        wrapper.__annotations__.pop("source", None)
+        return wrapper
+
+    return decorate
+
+
+def _negative_source(negatives=None, pool=None, index=None, service=None, index_name=None, per_image=None, easy=100, embedder=None):
     from yollava.data import NegativeSource
 
     if sum(x is not None for x in (pool, index, service)) > 1:
@@ -92,17 +127,11 @@ def _negative_source(negatives, pool, index, service, index_name, per_image, eas
 
 
 @app.command()
+@negative_options()
 def train(
-    concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo ([a-z0-9][a-z0-9_-]{0,31})"),
+    source: Any,
+    concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo: 1-32 of a-z, 0-9, '_' and '-', starting with a letter or digit"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of photos of the subject (positives)"),
-    negatives: Optional[Path] = NEGATIVES_OPT,
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     recipe: Optional[str] = RECIPE_OPT,
     category: Optional[str] = CATEGORY_OPT,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
@@ -111,6 +140,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="train.epochs"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing concept of this name"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this concept"),
+    no_negatives: bool = typer.Option(False, "--no-negatives", help="train without negatives (the concept will answer Yes to everything)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.lr=5e-4"),
 ) -> None:
     """Learn a concept's soft prompt from a few photos and save it to the store.
@@ -123,26 +153,28 @@ def train(
 
     _flush_denormals()
     cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs, "data.recipe": recipe, "data.category": category}))
-    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     try:
-        train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err)
+        train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err, no_negatives=no_negatives)
     except KeyboardInterrupt:
-        err.print(f"interrupted: the concept store is untouched; continue with `yollava train --concept {concept} --resume`")
+        from yollava.train import find_resumable_run
+
+        try:
+            run = find_resumable_run(Path(cfg.train.runs_dir), concept)
+        except YollavaError:
+            err.print("interrupted before the first epoch's checkpoint: the concept store is untouched and there is "
+                      "nothing to resume; run the same command again", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"interrupted: the concept store is untouched; continue {run} with `yollava train --concept {concept} --resume`",
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(130)
 
 
 @app.command("build-data")
+@negative_options()
 def build_data(
+    source: Any,
     concept: str = typer.Option(..., "--concept", help="concept name"),
     images: Path = typer.Option(..., "--images", help="folder of photos of the subject (positives)"),
-    negatives: Optional[Path] = NEGATIVES_OPT,
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     recipe: Optional[str] = RECIPE_OPT,
     category: Optional[str] = CATEGORY_OPT,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
@@ -160,7 +192,6 @@ def build_data(
 
     cfg = load_config(config, _overrides(model, overrides, **{"data.recipe": recipe, "data.category": category}))
     validate_name(concept)
-    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     inputs = gather_inputs(concept, images, source, store, cfg)  # fails before the (slow) base load
     base = load_base(cfg.model)
     built = build_samples(inputs, base, store, cfg, FeatureCache(base), err, rebuild=overwrite)
@@ -175,7 +206,7 @@ def _load_for_chat(model: Optional[str], concepts: list[str], store: Path):
     from yollava.models import load_base
 
     records = [read_record(store, name) for name in concepts]
-    name = model or (records[0]["base_model"]["id"] if records else None)
+    name = model or (records[0].base_model.id if records else None)
     cfg = load_config(overrides=[f"model.name={name}"] if name else None)
     base = load_base(cfg.model)
     artifacts = [load_concept(base, store, n) for n in concepts]
@@ -351,16 +382,11 @@ app.add_typer(index_app, name="index")
 
 
 @app.command()
+@negative_options(folder=False)
 def retrieve(
+    source: Any,
     concept: str = typer.Option(..., "--concept", help="concept name"),
     images: Path = typer.Option(..., "--images", help="folder of photos of the subject (the queries)"),
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
     near_duplicate: float = typer.Option(0.95, "--near-duplicate", help="cosine at or above which a candidate counts as the subject itself"),
     seed: int = typer.Option(0, "--seed", help="seed of the easy-negative sample"),
@@ -371,9 +397,9 @@ def retrieve(
     from yollava.retrieval.mine import retrieve_negatives
 
     negatives = retrieve_negatives(
-        concept, images, pool=pool, index=index, service=service, index_name=index_name, per_image=per_image,
-        n_easy=easy, embedder=embedder, store=store, near_duplicate=near_duplicate, seed=seed, overwrite=overwrite,
-        cache_dir=cache_dir,
+        concept, images, pool=source.pool, index=source.index, service=source.service, index_name=source.index_name,
+        per_image=source.per_image, n_easy=source.easy, embedder=source.embedder, store=store, near_duplicate=near_duplicate,
+        seed=seed, overwrite=overwrite, cache_dir=cache_dir,
     )
     err.print(f"{len(negatives.hard)} hard and {len(negatives.easy)} easy negatives in {negatives.directory}" + (" (reused)" if negatives.reused else ""))
 
@@ -383,7 +409,7 @@ def index_build(
     out: Path = typer.Option(..., "--out", help="index folder to create"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of images (searched recursively)"),
     list_file: Optional[Path] = typer.Option(None, "--list", help="text file with one image path per line"),
-    embedder: Optional[str] = EMBEDDER_OPT,
+    embedder: Optional[str] = NEGATIVE_OPTIONS["embedder"][1],
     kind: str = typer.Option("flat", "--kind", help="flat (exact) | ivf | ivf-pq (millions of images)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing index"),
 ) -> None:
@@ -410,33 +436,38 @@ def index_add(
 
 @concepts_app.command("list")
 def concepts_list(store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
-    """Every concept in the store with its base model and best recognition score."""
+    """Every concept in the store with its status (ok, or damaged and why), base model and best recognition score."""
     from yollava.concept import list_concepts
 
-    records = list_concepts(store)
-    if not records:
+    entries = list_concepts(store)
+    if not entries:
         err.print(f"no concepts in {store}")
         return
     table = Table()
-    for column in ("name", "k", "base model", "best epoch", "weighted (train)"):
-        table.add_column(column)
-    for record in records:
-        if "error" in record:
-            table.add_row(record["name"], "-", f"[red]{record['error']}", "-", "-")
+    for column in ("name", "status", "k", "base model", "best epoch", "weighted (train)"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        record = entry.record
+        if record is None:
+            table.add_row(entry.name, Text(entry.status, style="red"), "-", "-", "-", "-")
             continue
-        training = record.get("training", {})
-        metrics = training.get("metrics", {})
-        table.add_row(record["name"], str(record["k"]), record["base_model"]["id"], str(training.get("best_epoch", "-")),
-                      f"{metrics['weighted']:.3f}" if "weighted" in metrics else "-")
+        training = record.training
+        weighted = training.metrics.weighted if training else None
+        table.add_row(entry.name, entry.status, str(record.k), record.base_model.id,
+                      str(training.best_epoch) if training and training.best_epoch else "-",
+                      f"{weighted:.3f}" if weighted is not None else "-")
     out.print(table)
+    damaged = [e for e in entries if not e.ok]
+    if damaged:
+        err.print(f"{len(damaged)} of {len(entries)} concept(s) damaged; retrain each with --overwrite or remove it", highlight=False)
 
 
 @concepts_app.command("show")
 def concepts_show(name: str, store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP)) -> None:
-    """Print a concept's record (concept.json)."""
+    """Print a concept's record (concept.json, validated)."""
     from yollava.concept import read_record
 
-    out.print_json(json.dumps(read_record(store, name)))
+    out.print_json(json.dumps(read_record(store, name).to_json_dict()))
 
 
 @concepts_app.command("remove")
@@ -474,6 +505,9 @@ def demo(
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    from yollava.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()
     _setup_logging()
     try:
         app()

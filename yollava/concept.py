@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
+import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,10 +16,22 @@ from yollava.config import ConceptConfig, HeadRows, InitMethod
 from yollava.errors import YollavaError
 from yollava.images import file_sha256
 from yollava.base import Base
-from yollava.storage import CONCEPT_JSON, CONCEPT_WEIGHTS, load_tensors, save_tensors_atomic, write_json_atomic
-
-FORMAT_VERSION = 1
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+from yollava.records import FORMAT_VERSION, NAME_PATTERN, ConceptRecord, check_weights, parse_record
+from yollava.storage import (
+    CONCEPT_JSON,
+    CONCEPT_WEIGHTS,
+    DATA_DIR,
+    NEGATIVES_DIR,
+    OLD_SUFFIX,
+    artifact_lock,
+    describe_os_error,
+    dump_json,
+    link_or_copy_tree,
+    remove_artifact,
+    save_tensors,
+    settle,
+    staged_folder,
+)
 
 
 def validate_name(name: str) -> str:
@@ -368,36 +378,49 @@ def attached(base: Base, params: ConceptParams) -> Iterator[list[int]]:
 
 
 # ----------------------------------------------------------------------------- artifact
+#
+# ``<store>/<name>/`` is one unit (storage.staged_folder): concept.json, concept.safetensors, the
+# training set ``data/`` and the mined ``negatives/`` are replaced together, under the concept's lock.
 
 
 @dataclass
 class ConceptArtifact:
-    """A concept loaded from disk: its rows and its JSON record."""
+    """A concept loaded from disk: its rows and its validated record."""
 
     params: ConceptParams
-    record: dict[str, Any] = field(default_factory=dict)
+    record: ConceptRecord
+
+
+@dataclass(frozen=True)
+class ConceptEntry:
+    """One concept of a store as ``concepts list`` shows it: ``status`` is "ok" or "damaged: <why>"."""
+
+    name: str
+    status: str
+    record: ConceptRecord | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 def concept_dir(store: str | Path, name: str) -> Path:
+    """``<store>/<name>`` (the name is validated first: no path tricks reach the file system)."""
     return Path(store) / validate_name(name)
 
 
-def save_concept(params: ConceptParams, base: Base, store: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``concept.safetensors`` then ``concept.json`` atomically into ``store/<name>/``.
+def concept_lock(store: str | Path, name: str, wait: float = 0.0):
+    """The concept's lock (held by train, retrieve, build-data and remove while they write it)."""
+    return artifact_lock(concept_dir(store, name), wait=wait, what=f"concept '{name}' in {Path(store)}")
 
-    The JSON records the weights' sha256; loading checks it, so a crash between the two renames
-    is detected rather than silently mixing an old record with new rows.
 
-    Returns:
-        The concept folder.
+def concept_record(params: ConceptParams, base: Base, weights_sha256: str, extra: dict[str, Any] | None = None) -> ConceptRecord:
+    """The validated record of ``params`` trained on ``base`` (what ``concept.json`` holds).
+
+    Raises:
+        YollavaError: the record would not validate (e.g. a summary with a non-finite score).
     """
-    folder = concept_dir(store, params.tokens.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / CONCEPT_WEIGHTS
-    save_tensors_atomic(weights, {"embed_rows": params.embed_rows, "head_rows": params.head_rows},
-                        metadata={"format": "yollava-concept", "format_version": str(FORMAT_VERSION)})
-    slots = concept_slots(base)
-    ids = slots.token_ids.get(params.tokens.name)
+    ids = concept_slots(base).token_ids.get(params.tokens.name)
     record: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": params.tokens.name,
@@ -410,44 +433,124 @@ def save_concept(params: ConceptParams, base: Base, store: str | Path, extra: di
         "head_tokens": params.head_tokens,
         "hidden_size": base.hidden_size,
         "base_model": base.describe(),
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": weights_sha256,
     }
     record.update(extra or {})
-    write_json_atomic(folder / CONCEPT_JSON, record)
+    # the same parser the readers use: what is written is readable
+    return parse_record(dump_json(record), f"concept '{params.tokens.name}'")
+
+
+def save_concept(
+    params: ConceptParams, base: Base, store: str | Path, extra: dict[str, Any] | None = None, *,
+    data: str | Path | None = None, negatives: str | Path | None = None,
+) -> Path:
+    """Write ``store/<name>/`` as one unit: weights, record, training set and negatives swapped in together.
+
+    Everything is staged in ``store/.<name>.tmp-*`` and swapped in by :func:`yollava.storage.staged_folder`
+    under the concept's lock, so at every instant a reader sees the whole old concept or the whole new
+    one; a failed write changes nothing and says so in one line.
+
+    Args:
+        params: the rows to save (their token ids come from ``base``'s attached concept of that name).
+        base: the base they were trained on (recorded, with its shape).
+        store: concept store.
+        extra: more record fields (``training``, ``template_version``).
+        data: a training-set folder to store as ``data/`` (e.g. the run's); None keeps the stored one.
+        negatives: a negatives folder to store as ``negatives/``; None keeps the stored one.
+
+    Returns:
+        The concept folder.
+
+    Raises:
+        YollavaError: another process writes the concept (its PID named), or a write failed.
+    """
+    folder = concept_dir(store, params.tokens.name)
+    with staged_folder(folder, lock_target=folder) as staged:
+        weights = staged / CONCEPT_WEIGHTS
+        # one metadata key: safetensors writes them in hash-map order, so two keys would give the same
+        # rows different bytes (and sha256) from one save to the next
+        save_tensors(weights, {"embed_rows": params.embed_rows, "head_rows": params.head_rows},
+                     metadata={"format": f"yollava-concept/{FORMAT_VERSION}"})
+        record = concept_record(params, base, file_sha256(weights), extra)
+        (staged / CONCEPT_JSON).write_text(dump_json(record.to_json_dict()), encoding="utf-8")
+        for sub, given in ((DATA_DIR, data), (NEGATIVES_DIR, negatives)):
+            source = Path(given) if given is not None else folder / sub
+            if source.is_dir():
+                link_or_copy_tree(source, staged / sub)
     return folder
 
 
-def read_record(store: str | Path, name: str) -> dict[str, Any]:
-    """Read and sanity-check ``concept.json`` (no model needed).
+def _not_found(store: str | Path, name: str) -> YollavaError:
+    return YollavaError(f"concept '{name}' not found in {Path(store)}; train it with `yollava train --concept {name} --images DIR` or pass --store")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise YollavaError(f"{path} is not UTF-8 text; retrain the concept with --overwrite") from None
+    except OSError as exc:
+        raise YollavaError(f"{path} cannot be read ({describe_os_error(exc)})") from None
+
+
+def read_record(store: str | Path, name: str) -> ConceptRecord:
+    """Read and validate ``concept.json`` (no model needed; the storage protocol's recovery runs first).
 
     Raises:
-        YollavaError: the concept is missing or its files are unreadable.
+        YollavaError: the concept is missing, or its record is unreadable or invalid (one line).
     """
-    folder = concept_dir(store, name)
-    path = folder / CONCEPT_JSON
-    if not path.is_file():
-        raise YollavaError(f"concept '{name}' not found in {Path(store)}; train it with `yollava train --concept {name} --images DIR` or pass --store")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise YollavaError(f"{path} is not valid JSON ({exc.__class__.__name__}); retrain with --overwrite") from exc
-    if record.get("format_version") != FORMAT_VERSION:
-        raise YollavaError(f"{path}: format version {record.get('format_version')} is not supported (expected {FORMAT_VERSION}); retrain it")
-    return record
+    folder = settle(concept_dir(store, name))
+    if folder is None or not (folder / CONCEPT_JSON).is_file():
+        raise _not_found(store, name)
+    return parse_record(_read_text(folder / CONCEPT_JSON), folder / CONCEPT_JSON, folder_name=name)
 
 
-def check_base(record: dict[str, Any], base: Base) -> None:
+def read_concept(store: str | Path, name: str) -> tuple[ConceptRecord, dict[str, torch.Tensor]]:
+    """The validated record and weights of a stored concept, read from one version of its folder.
+
+    A writer swapping the folder in between the two reads is detected (the folder changed) and the
+    read is repeated, so the record and the weights always belong together.
+
+    Raises:
+        YollavaError: missing concept, invalid record, or weights that fail :func:`yollava.records.check_weights`.
+    """
+    for attempt in range(3):
+        folder = settle(concept_dir(store, name))
+        if folder is None or not (folder / CONCEPT_JSON).is_file():
+            raise _not_found(store, name)
+        before = folder.stat().st_ino
+        try:
+            record = parse_record(_read_text(folder / CONCEPT_JSON), folder / CONCEPT_JSON, folder_name=name)
+            weights = folder / CONCEPT_WEIGHTS
+            if weights.is_symlink() or not weights.is_file():
+                raise YollavaError(f"{weights} is missing or a link; retrain the concept with --overwrite")
+            data = weights.read_bytes()
+            return record, check_weights(weights, data, record, hashlib.sha256(data).hexdigest())
+        except (YollavaError, OSError) as exc:
+            try:
+                changed = folder.stat().st_ino != before
+            except OSError:
+                changed = True
+            if not changed or attempt == 2:
+                if isinstance(exc, YollavaError):
+                    raise
+                raise YollavaError(f"{folder} cannot be read ({describe_os_error(exc)})") from exc
+    raise AssertionError("unreachable")
+
+
+def check_base(record: ConceptRecord, base: Base) -> None:
     """Refuse a concept trained on another base model, with a one-line message naming the fix."""
-    trained = record.get("base_model", {})
-    name = record.get("name")
-    if trained.get("hidden_size") != base.hidden_size:
+    trained = record.base_model
+    if trained.id == base.model_id and (trained.hidden_size != base.hidden_size or trained.vocab_rows != base.base_rows):
         raise YollavaError(
-            f"concept '{name}' was trained on {trained.get('id')} (hidden size {trained.get('hidden_size')}) but the loaded base "
-            f"{base.model_id} has hidden size {base.hidden_size}; pass --model {trained.get('id')}"
+            f"concept '{record.name}' records base {trained.id} with hidden size {trained.hidden_size} and {trained.vocab_rows} rows, "
+            f"but the loaded {base.model_id} has {base.hidden_size} and {base.base_rows}: the base changed since training "
+            "(or the record was edited); retrain the concept on this base with --overwrite"
         )
-    if trained.get("id") != base.model_id or trained.get("vocab_rows") != base.base_rows:
+    if trained.id != base.model_id:
+        detail = f" (hidden size {trained.hidden_size}, the loaded one has {base.hidden_size})" if trained.hidden_size != base.hidden_size else ""
         raise YollavaError(
-            f"concept '{name}' was trained on base model {trained.get('id')} but {base.model_id} is loaded; pass --model {trained.get('id')}"
+            f"concept '{record.name}' was trained on base model {trained.id}{detail} but {base.model_id} is loaded; pass --model {trained.id}"
         )
 
 
@@ -455,49 +558,50 @@ def load_concept(base: Base, store: str | Path, name: str) -> ConceptArtifact:
     """Load ``store/<name>/`` onto ``base`` (validated, then attached).
 
     Raises:
-        YollavaError: missing concept, other base model, wrong shapes, mismatched files, token clash.
+        YollavaError: missing concept, other base model, invalid record or weights, token clash.
     """
-    record = read_record(store, name)
+    record, tensors = read_concept(store, name)
     check_base(record, base)
-    folder = concept_dir(store, name)
-    weights = folder / CONCEPT_WEIGHTS
-    if not weights.is_file():
-        raise YollavaError(f"{weights} is missing; retrain the concept with --overwrite")
-    if record.get("weights_sha256") and file_sha256(weights) != record["weights_sha256"]:
-        raise YollavaError(f"{weights} does not match {CONCEPT_JSON} (interrupted write?); retrain with --overwrite")
-    tensors = load_tensors(weights)
-    tokens = ConceptTokens(record["name"], int(record["k"]))
-    head_mode = HeadRows(record["head_rows"])
-    embed, head = tensors.get("embed_rows"), tensors.get("head_rows")
-    d = base.hidden_size
-    if embed is None or head is None or tuple(embed.shape) != (tokens.k + 1, d) or tuple(head.shape) != (len(tokens.head_tokens(head_mode)), d):
-        raise YollavaError(f"{weights}: tensors do not match k={tokens.k}, hidden size {d}; retrain the concept")
-    params = ConceptParams(tokens, head_mode, embed, head)
+    params = ConceptParams(ConceptTokens(record.name, record.k), record.head_rows, tensors["embed_rows"], tensors["head_rows"])
     params.requires_grad_(False)
     attach(base, params)
     return ConceptArtifact(params=params, record=record)
 
 
-def list_concepts(store: str | Path) -> list[dict[str, Any]]:
-    """Records of every concept in ``store`` (unreadable ones are reported with an ``error`` key)."""
+def concept_status(store: str | Path, name: str) -> ConceptEntry:
+    """Whether a stored concept would load (record and weights; no model needed); never raises for bad files."""
+    try:
+        record, _ = read_concept(store, name)
+    except YollavaError as exc:
+        return ConceptEntry(name, f"damaged: {exc}")
+    return ConceptEntry(name, "ok", record)
+
+
+def list_concepts(store: str | Path) -> list[ConceptEntry]:
+    """Every concept folder in ``store`` (those holding a ``concept.json``) with its status; one bad one never hides the rest."""
     store = Path(store)
-    out: list[dict[str, Any]] = []
     if not store.is_dir():
-        return out
-    for folder in sorted(p for p in store.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)):
-        if not (folder / CONCEPT_JSON).exists():
-            continue
-        try:
-            out.append(read_record(store, folder.name))
-        except YollavaError as exc:
-            out.append({"name": folder.name, "error": str(exc)})
+        return []
+    names = sorted(p.name for p in store.iterdir() if NAME_PATTERN.fullmatch(p.name))
+    names += sorted(p.name[1 : -len(OLD_SUFFIX)] for p in store.glob(f".*{OLD_SUFFIX}")
+                    if NAME_PATTERN.fullmatch(p.name[1 : -len(OLD_SUFFIX)]) and p.name[1 : -len(OLD_SUFFIX)] not in names)
+    out = []
+    for name in sorted(names):
+        folder = settle(store / name)
+        if folder is None or not folder.is_dir() or not (folder / CONCEPT_JSON).exists() and not (folder / CONCEPT_JSON).is_symlink():
+            continue  # negatives or a training set without a trained concept yet
+        out.append(concept_status(store, name))
     return out
 
 
 def remove_concept(store: str | Path, name: str) -> Path:
-    """Delete ``store/<name>/`` (the artifact and any data stored with it)."""
+    """Delete ``store/<name>/`` (the concept and its training set and negatives) as one unit.
+
+    Raises:
+        YollavaError: no such concept, a symbolic link (never followed), another process writing it.
+    """
     folder = concept_dir(store, name)
-    if not folder.is_dir():
+    if not folder.is_symlink() and settle(folder) is None:
         raise YollavaError(f"concept '{name}' not found in {Path(store)}; see `yollava concepts list`")
-    shutil.rmtree(folder)
+    remove_artifact(folder)
     return folder

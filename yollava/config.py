@@ -13,6 +13,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from yollava.errors import YollavaError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-13b-hf"
+# Most latent tokens a concept may have: each is one position of every training sample (the paper
+# uses 16; its ablation stops at 32), and a soft prompt longer than the context cannot train.
+MAX_K = 1024
 
 
 class HeadRows(str, Enum):
@@ -176,6 +179,11 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
                 overlay = OmegaConf.load(path)
             except Exception as exc:  # yaml errors come in several classes
                 raise YollavaError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            if not isinstance(overlay, DictConfig):
+                raise YollavaError(
+                    f"--config {path}: holds a {type(overlay).__name__.removesuffix('Config').lower()}, not a mapping of config keys; "
+                    "write e.g. 'train: {epochs: 5}'"
+                )
             try:
                 merged = OmegaConf.merge(merged, overlay)
             except OmegaConfBaseException as exc:
@@ -199,6 +207,10 @@ def validate_config(config: Config) -> None:
     """Range checks OmegaConf's type system cannot express."""
     checks = [
         (config.concept.k >= 0, "concept.k must be >= 0"),
+        (config.concept.k <= MAX_K, f"concept.k={config.concept.k} is too large: the soft prompt takes k+1 positions of every "
+                                    f"training sample; use at most {MAX_K} (the paper uses 16)"),
+        (config.concept.k + 1 < config.train.max_length, f"concept.k={config.concept.k} does not fit train.max_length={config.train.max_length}; "
+                                                         "lower concept.k (the paper uses 16) or raise train.max_length"),
         (config.train.epochs >= 1, "train.epochs must be >= 1"),
         (config.train.lr > 0, "train.lr must be > 0"),
         (config.train.batch_size >= 1, "train.batch_size must be >= 1"),

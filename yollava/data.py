@@ -15,7 +15,7 @@ from yollava.config import Category, DataConfig, Recipe
 from yollava.errors import YollavaError
 from yollava.images import file_sha256, scan_image_dir
 from yollava.prompts import RecognitionBank, load_template
-from yollava.storage import DATA_DIR, DATA_INFO
+from yollava.storage import DATA_DIR, DATA_INFO, dump_json, settle, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -257,41 +257,29 @@ DATA_FEATURES = {
 }
 
 
-def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any]) -> Path:
-    """Store samples as an HF dataset at ``folder`` (+ our ``training_set.json``), replacing it atomically.
+def save_training_set(samples: Sequence[Sample], folder: str | Path, info: dict[str, Any], lock_target: str | Path | None = None) -> Path:
+    """Store samples as an HF dataset at ``folder`` (+ our ``training_set.json``), replacing it as one unit.
 
-    ``datasets.load_from_disk(folder)`` reads it as it is.
+    ``datasets.load_from_disk(folder)`` reads it as it is. Staged and swapped in by
+    :func:`yollava.storage.staged_folder` under the lock of ``lock_target`` (default: the folder
+    holding it, i.e. the concept's), so a crash leaves the old set or the new one, never a mix.
 
-    Written into a sibling temp folder first; the old folder is swapped out only once the new one is
-    complete, so a crash leaves either the old or the new set, never a mix.
+    Raises:
+        YollavaError: another process writes the concept, or a write failed (one line; nothing changed).
     """
-    import shutil
-    import tempfile
-
     from datasets import Dataset, Features, Value
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     features = Features({key: Value(kind) for key, kind in DATA_FEATURES.items()})
     rows = [{key: getattr(s, key) for key in DATA_FEATURES} for s in samples]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
-        (tmp / DATA_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with staged_folder(folder, lock_target=lock_target or folder.parent) as staged:
+        Dataset.from_list(rows, features=features).save_to_disk(str(staged))
+        (staged / DATA_INFO).write_text(dump_json(info), encoding="utf-8")
     return folder
 
 
 def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]:
-    """Read a stored training set (samples, info).
+    """Read a stored training set (samples, info), after the storage protocol's recovery.
 
     Raises:
         YollavaError: missing or damaged folder.
@@ -299,12 +287,17 @@ def load_training_set(folder: str | Path) -> tuple[list[Sample], dict[str, Any]]
     from datasets import load_from_disk
 
     folder = Path(folder)
+    settle(folder.parent)
+    found = settle(folder, lock_target=folder.parent) or folder
     try:
-        info = json.loads((folder / DATA_INFO).read_text(encoding="utf-8"))
-        dataset = load_from_disk(str(folder))
+        info = json.loads((found / DATA_INFO).read_text(encoding="utf-8"))
+        dataset = load_from_disk(str(found))
+        samples = [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset]
     except Exception as exc:  # datasets/json raise several classes for a damaged folder
         raise YollavaError(f"{folder}: damaged training set ({exc.__class__.__name__}); rebuild it with `yollava build-data ... --overwrite`") from exc
-    return [Sample(**{key: row[key] for key in DATA_FEATURES}) for row in dataset], info
+    if not isinstance(info, dict):
+        raise YollavaError(f"{folder / DATA_INFO}: not a training-set record; rebuild it with `yollava build-data ... --overwrite`")
+    return samples, info
 
 
 # ----------------------------------------------------------------------------- building it all
@@ -352,7 +345,10 @@ def gather_images(name: str, images_dir: str | Path, store: str | Path, source: 
     else:
         from yollava.retrieval.mine import RETRIEVAL_FILE, negatives_dir, read_negatives
 
-        if (negatives_dir(store, name) / RETRIEVAL_FILE).is_file():
+        stored = negatives_dir(store, name)
+        settle(stored.parent)
+        found = settle(stored, lock_target=stored.parent)  # a crash mid-swap leaves them in .negatives.old
+        if found is not None and (found / RETRIEVAL_FILE).is_file():
             negative_set = read_negatives(name, store)
             log.info("using the %d negatives stored by `yollava retrieve` in %s", len(negative_set.records), negative_set.directory)
     if negative_set is not None:
@@ -404,6 +400,7 @@ def training_set_key(name: str, images: ImageSets, recipe: Recipe, config: DataC
 def build_training_set(
     answerer: Answerer | None, name: str, images: ImageSets, store: str | Path, config: DataConfig,
     rebuild: bool = False, progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+    save_to: str | Path | None = None,
 ) -> tuple[list[Sample], dict[str, Any]]:
     """Build (or reuse) ``<store>/<name>/data/``: recognition samples, conversation samples, text samples.
 
@@ -416,6 +413,9 @@ def build_training_set(
         config: data settings (recipe, category, balance, seed).
         rebuild: ignore a stored set even if it matches.
         progress / on_total: progress callbacks for the conversation generation.
+        save_to: where a newly built set is written (default the store's ``data/``); a training run
+            passes its own folder so the store changes only when the concept is saved with it.
+            A matching set there is reused first.
 
     Returns:
         (samples, info) where info records the key, resolved recipe and category, and counts.
@@ -427,17 +427,21 @@ def build_training_set(
 
     recipe = resolve_recipe(config.recipe, images)
     key = training_set_key(name, images, recipe, config, getattr(answerer, "model_id", None))
-    folder = concept_dir(store, name) / DATA_DIR
-    if folder.is_dir() and not rebuild:
+    stored = concept_dir(store, name) / DATA_DIR
+    folder = Path(save_to) if save_to is not None else stored
+    for candidate in dict.fromkeys([folder, stored]) if not rebuild else ():
+        settle(candidate.parent)
+        if settle(candidate, lock_target=candidate.parent) is None:
+            continue
         try:
-            samples, info = load_training_set(folder)
+            samples, info = load_training_set(candidate)
         except YollavaError as exc:
             log.warning("%s; rebuilding it", exc)
-        else:
-            if info.get("key") == key:
-                log.info("reusing the training set in %s (%d samples)", folder, len(samples))
-                return samples, info
-            log.info("the training set in %s was built from other inputs; rebuilding it", folder)
+            continue
+        if info.get("key") == key:
+            log.info("reusing the training set in %s (%d samples)", candidate, len(samples))
+            return samples, info
+        log.info("the training set in %s was built from other inputs; rebuilding it", candidate)
     identifier = ConceptTokens(name, 0).identifier
     kept = images if recipe == Recipe.full else ImageSets(images.positives, [], images.negatives_easy, images.origin)
     samples = recognition_samples(kept, identifier, RecognitionBank.load(), config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +12,7 @@ import torch
 import transformers
 from transformers import AutoProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from yollava import hub
 from yollava.base import Base, clip_image_processor, count_image_tokens, freeze
 from yollava.config import ModelConfig, Quantization
 from yollava.errors import YollavaError
@@ -172,14 +174,24 @@ def load_base(config: ModelConfig) -> Base:
     local = Path(config.name).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise YollavaError(f"--model {config.name}: directory has no config.json; pass a LLaVA checkpoint folder or a hub id")
+    source = nullcontext()
+    if not local.exists():
+        why = hub.unavailable_reason()
+        if why is not None:
+            if hub.cached_file(config.name, "config.json", config.revision) is None:
+                raise YollavaError(
+                    f"cannot load model '{config.name}': it is not in the local Hugging Face cache and {why}; connect once to "
+                    "download it (kept in the cache afterwards), or use --model toy (the pretrained toy-world model, offline)"
+                )
+            source = hub.offline()  # cached: load it without a minute of retried requests
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(config.name, **kwargs)
-        processor = AutoProcessor.from_pretrained(config.name, revision=config.revision)
+        with source:
+            model = LlavaForConditionalGeneration.from_pretrained(config.name, **kwargs)
+            processor = AutoProcessor.from_pretrained(config.name, revision=config.revision)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
         raise YollavaError(
-            f"cannot load model '{config.name}' ({reason}); check the id or path, your network/HF cache, "
-            "or use --model toy for the offline pretrained toy model"
+            f"cannot load model '{config.name}' ({hub.short_reason(exc, 200)}); check the id or path, your network/HF cache, "
+            "or use --model toy (the pretrained toy-world model, offline)"
         ) from exc
     if not device.startswith("cuda"):
         model.to(device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,9 +51,13 @@ def gather_inputs(name: str, images_dir: str | Path, negatives: NegativeSource, 
     Raises:
         YollavaError: bad folders, retrieval failures, or a recipe the negatives do not allow.
     """
+    # absolute, so a run resumed from another folder finds them (they are recorded in its checkpoint)
+    negatives = replace(negatives, **{key: str(Path(value).resolve()) for key in ("folder", "pool", "index")
+                                      if (value := getattr(negatives, key)) is not None})
+    images_dir = Path(images_dir).resolve()  # the samples record these paths too
     images = gather_images(name, images_dir, store, negatives, config.data)
     recipe = resolve_recipe(config.data.recipe, images)
-    return TrainingInputs(name, str(Path(images_dir).resolve()), negatives, images, recipe)
+    return TrainingInputs(name, str(images_dir), negatives, images, recipe)
 
 
 class BaseAnswerer:
@@ -85,10 +89,11 @@ class BaseAnswerer:
 
 def build_samples(
     inputs: TrainingInputs, base: Base, store: str | Path, config: Config, features: FeatureCache,
-    console: Console, rebuild: bool = False,
+    console: Console, rebuild: bool = False, save_to: str | Path | None = None,
 ) -> TrainingSet:
     """Build (or reuse) the concept's training set, with a progress bar over the conversation questions.
 
+    ``save_to``: where a new set goes (default the store's ``data/``; a training run passes its own folder).
     """
     answerer = BaseAnswerer(base, ChatFormat.load(config.prompt.template), features, config.data.conversation_max_new_tokens)
     with progress_bar(console) as progress:
@@ -96,5 +101,6 @@ def build_samples(
         samples, info = build_training_set(
             answerer, inputs.name, inputs.images, store, config.data, rebuild=rebuild,
             progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
+            save_to=save_to,
         )
     return TrainingSet(samples, info)

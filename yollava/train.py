@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -15,23 +16,23 @@ from rich.console import Console
 
 import yollava
 from yollava.base import Base
-from yollava.concept import ConceptParams, attached, concept_dir, init_concept, save_concept, validate_name
+from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
-from yollava.methods.soft_prompt import concept_personalization
 from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
 from yollava.images import file_sha256
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.plots import plot_training_history
 from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_inputs
 from yollava.progress import progress_bar
 from yollava.prompts import ChatFormat, Turn, encode, load_template, render
 from yollava.storage import (
-    CHECKPOINT_JSON,
-    CHECKPOINT_WEIGHTS,
+    CHECKPOINT_FILE,
     CONCEPT_JSON,
+    DATA_DIR,
     RUN_CONFIG,
     RUN_DONE,
     RUN_METRICS,
@@ -39,9 +40,11 @@ from yollava.storage import (
     RUN_SAMPLES,
     append_jsonl,
     load_tensors,
+    read_tensor_metadata,
     save_tensors_atomic,
-    write_json_atomic,
+    settle,
     write_text_atomic,
+    writing,
 )
 
 log = logging.getLogger(__name__)
@@ -113,21 +116,21 @@ class RunState:
             self.best_rows = params.rows()
 
     def save(self, params: ConceptParams, optimizer: torch.optim.Optimizer) -> None:
-        """Write the checkpoint (safetensors for tensors, JSON for the rest), each file atomically."""
+        """Write the checkpoint: one safetensors file, the run state as JSON in its metadata, replaced atomically."""
         tensors, groups = _optimizer_state(optimizer)
         tensors.update(params.rows())
         tensors.update({f"best_{key}": value for key, value in self.best_rows.items()})
-        save_tensors_atomic(self.run_dir / CHECKPOINT_WEIGHTS, tensors)
-        write_json_atomic(self.run_dir / CHECKPOINT_JSON, {
+        state = {
             "epoch": self.epoch, "best": self.best, "history": self.history, "param_groups": groups,
             "images_dir": self.images_dir, "negatives": self.negatives.to_dict(), "overwrite": self.overwrite,
-        })
+        }
+        save_tensors_atomic(self.run_dir / CHECKPOINT_FILE, tensors, metadata={"run_state": json.dumps(state, sort_keys=True)})
 
     @classmethod
     def load(cls, run_dir: Path) -> tuple["RunState", dict[str, torch.Tensor], list[dict[str, Any]]]:
         """A checkpointed run: its state, the checkpoint's tensors and the optimizer's param groups."""
-        saved = json.loads((run_dir / CHECKPOINT_JSON).read_text(encoding="utf-8"))
-        tensors = load_tensors(run_dir / CHECKPOINT_WEIGHTS)
+        saved = json.loads(read_tensor_metadata(run_dir / CHECKPOINT_FILE)["run_state"])
+        tensors = load_tensors(run_dir / CHECKPOINT_FILE)
         state = cls(
             run_dir=run_dir, images_dir=saved["images_dir"], negatives=NegativeSource(**saved["negatives"]),
             overwrite=saved["overwrite"], epoch=saved["epoch"], best=saved["best"], history=saved["history"],
@@ -176,7 +179,7 @@ def find_resumable_run(runs_dir: Path, name: str) -> Path:
     """
     root = runs_dir / name
     candidates = sorted(
-        (p for p in root.glob("*") if (p / CHECKPOINT_JSON).is_file() and not (p / RUN_DONE).exists()),
+        (p for p in root.glob("*") if (p / CHECKPOINT_FILE).is_file() and not (p / RUN_DONE).exists()),
         key=lambda p: p.name,
     ) if root.is_dir() else []
     if not candidates:
@@ -191,11 +194,19 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
     while run.exists():
         run = runs_dir / name / f"{stamp}-{suffix}"
         suffix += 1
-    run.mkdir(parents=True)
+    with writing(runs_dir / name):
+        run.mkdir(parents=True)
     return run
 
 
 # ----------------------------------------------------------------------------- the recipe
+
+
+NO_NEGATIVES = (
+    "no negatives: a concept trained without them learns to answer Yes to everything; pass --negatives DIR, "
+    "or mine them with --pool DIR, --index IDX or --service URL --index-name NAME (or run `yollava retrieve` first); "
+    "--no-negatives trains without them anyway"
+)
 
 
 def train_concept(
@@ -208,8 +219,14 @@ def train_concept(
     resume: bool = False,
     base: Base | None = None,
     console: Console | None = None,
+    no_negatives: bool = False,
 ) -> TrainResult:
     """Learn a concept's soft prompt and save the best epoch to ``store/<name>/``.
+
+    The concept's lock is held from the existence check to the final save, so a second run of the
+    same concept fails at once naming this one's PID; the store changes only at that save, when the
+    concept, its training set and its negatives are swapped in as one unit. A run that stops before
+    its first checkpoint leaves no run folder behind (there is nothing to resume).
 
     Args:
         config: the resolved configuration (ignored on ``resume``: the run's own config.yaml wins).
@@ -223,16 +240,39 @@ def train_concept(
         base: an already loaded base (tests, sweeps; it must have no concept of this name attached);
             loaded from ``config.model`` when None.
         console: where progress and messages go (stderr by default).
+        no_negatives: train even when there are no negatives (the concept will say Yes to everything).
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        YollavaError: bad name, existing concept without ``overwrite``, bad images, nothing to resume.
+        YollavaError: bad name, existing concept without ``overwrite``, another run of it, bad images,
+            no negatives (without ``no_negatives``), nothing to resume, a failed write.
     """
     console = console or Console(stderr=True)
     validate_name(name)
+    runs = Path(config.train.runs_dir) / name
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    with concept_lock(store, name):
+        try:
+            return _run_recipe(config, name, images_dir, negatives, store, overwrite, resume, base, console, no_negatives)
+        except BaseException:
+            _drop_unresumable_runs(runs, before)
+            raise
 
+
+def _drop_unresumable_runs(runs: Path, before: set[Path]) -> None:
+    """Delete run folders this call created that hold no checkpoint: nothing in them can be resumed."""
+    for run in (set(runs.iterdir()) if runs.is_dir() else set()) - before:
+        if run.is_dir() and not (run / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _run_recipe(
+    config: Config, name: str, images_dir: str | Path | None, negatives: NegativeSource | str | Path | None,
+    store: str | Path, overwrite: bool, resume: bool, base: Base | None, console: Console, no_negatives: bool,
+) -> TrainResult:
+    """:func:`train_concept` with the concept's lock held."""
     # setup: the run to continue (its own config and inputs) or a new one's inputs
     state: RunState | None = None
     if resume:
@@ -243,25 +283,30 @@ def train_concept(
         console.print(f"resuming {run_dir} after epoch {state.epoch}")
     if images_dir is None:
         raise YollavaError("--images is required; pass the folder of photos of the subject")
-    if (concept_dir(store, name) / CONCEPT_JSON).exists() and not overwrite:
+    existing = settle(concept_dir(store, name))  # the lock is held: an interrupted swap is finished first
+    if existing is not None and (existing / CONCEPT_JSON).exists() and not overwrite:
         raise YollavaError(f"concept '{name}' already exists in {Path(store)}; pass --overwrite to replace it or pick another name")
     if not isinstance(negatives, NegativeSource):
         negatives = NegativeSource(folder=None if negatives is None else str(negatives))
     inputs = gather_inputs(name, images_dir, negatives, store, config)  # fails before the (slow) base load
     if not inputs.images.negatives:
-        log.warning("no negatives: the concept will learn to answer Yes to everything; pass --negatives DIR or --pool DIR")
+        if not (no_negatives or state is not None):  # a resumed run passed this check when it started
+            raise YollavaError(NO_NEGATIVES)
+        log.warning("no negatives (--no-negatives): the concept will learn to answer Yes to everything")
     if base is None:
         console.print(f"loading base model {config.model.name} ...")
         base = load_base(config.model)
     features = FeatureCache(base, enabled=config.train.cache_image_features)
-    training_set = build_samples(inputs, base, store, config, features, console)
+    run_dir = state.run_dir if state is not None else _new_run_dir(Path(config.train.runs_dir), name)
+    # a new training set goes into the run folder and reaches the store with the concept, not before
+    training_set = build_samples(inputs, base, store, config, features, console, save_to=run_dir / DATA_DIR)
 
     torch.manual_seed(config.train.seed)
     params = init_concept(base, name, config.concept, seed=config.train.seed)
     trainable = [params.embed_rows, params.head_rows]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     if state is None:
-        state = _start_run(config, inputs, training_set, overwrite)
+        state = _start_run(config, inputs, training_set, overwrite, run_dir)
     else:
         state.restore(params, optimizer, checkpoint, groups)
     if not state.best_rows:
@@ -271,16 +316,17 @@ def train_concept(
         concept = ConceptParams(params.tokens, params.head_mode, state.best_rows["embed_rows"], state.best_rows["head_rows"])
         summary = _training_summary(config, inputs, training_set, state)
         plot_training_history(state.history, state.run_dir / RUN_PLOT, title=f"<{name}>")
-        # the concept is written only now, so a crash or Ctrl-C above never touches the store
-        folder = save_concept(concept, base, store, summary)
+        # the concept is written only now, so a crash or Ctrl-C above never touches the store; its
+        # training set (built in the run folder, or the stored one it reused) is swapped in with it
+        built = state.run_dir / DATA_DIR
+        folder = save_concept(concept, base, store, summary, data=built if built.is_dir() else None)
     write_text_atomic(state.run_dir / RUN_DONE, str(folder) + "\n")
     console.print(f"saved concept '{name}' to {folder} (best epoch {state.best['epoch']}, weighted recognition {state.best['weighted']:.3f} on training images)")
     return TrainResult(concept_dir=folder, run_dir=state.run_dir, best_epoch=state.best["epoch"], best=state.best, history=state.history)
 
 
-def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet, overwrite: bool) -> RunState:
-    """A new run folder with the resolved config and the samples it trains on."""
-    run_dir = _new_run_dir(Path(config.train.runs_dir), inputs.name)
+def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet, overwrite: bool, run_dir: Path) -> RunState:
+    """The new run's folder gets the resolved config and the samples it trains on."""
     write_text_atomic(run_dir / RUN_CONFIG, config_to_yaml(config))
     write_text_atomic(run_dir / RUN_SAMPLES, "".join(json.dumps(s.to_dict(), sort_keys=True) + "\n" for s in training_set.samples))
     return RunState(run_dir=run_dir, images_dir=inputs.images_dir, negatives=inputs.negatives, overwrite=overwrite)
@@ -304,7 +350,7 @@ def _train_epochs(
     )
     started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     with progress_bar(console) as progress:
-        epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="")
+        epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="", log_every=1)
         for epoch in range(state.epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
             order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)).tolist()

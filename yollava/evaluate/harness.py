@@ -167,7 +167,7 @@ def plan_evaluation(
         for subject in subjects:
             method.check(inputs, subject)
     if SoftPrompt.name in methods:
-        bases = {read_record(store, s)["base_model"]["id"] for s in subjects}
+        bases = {read_record(store, s).base_model.id for s in subjects}
         if len(bases) > 1:
             raise YollavaError(f"the concepts were trained on different bases ({', '.join(sorted(bases))}); evaluate them separately")
         plan.concept_base = bases.pop()

@@ -28,13 +28,15 @@ class SoftPrompt(Method):
     def personalize(self, ctx: MethodContext, subject: str) -> Iterator[Personalization]:
         artifact = load_concept(ctx.base, ctx.inputs.store, subject)
         tokens = artifact.params.tokens
-        training = artifact.record.get("training", {})
+        # the record's typed fields, and the free-form provenance train writes beside them (seconds, positives)
+        training = artifact.record.training
+        extra = (training.model_extra or {}) if training is not None else {}
         try:
             yield replace(
-                concept_personalization(tokens), train_seconds=training.get("seconds"),
+                concept_personalization(tokens), train_seconds=extra.get("seconds"),
                 info={"concept": subject, "store": str(ctx.inputs.store), "k": tokens.k,
-                      "weights_sha256": artifact.record.get("weights_sha256"), "best_epoch": training.get("best_epoch"),
-                      "trained_on": [p["path"] for p in training.get("positives", [])]},
+                      "weights_sha256": artifact.record.weights_sha256, "best_epoch": training.best_epoch if training else None,
+                      "trained_on": [p["path"] for p in extra.get("positives", [])]},
             )
         finally:
             detach(ctx.base, subject)

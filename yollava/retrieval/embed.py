@@ -230,10 +230,11 @@ class EmbeddingCache:
         """Write one new shard (vectors first, keys last, each by temp file + rename)."""
         if not hashes:
             return
-        from yollava.storage import atomic_path
+        from yollava.storage import atomic_path, writing
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
         stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         for suffix, array in ((VECTORS_SUFFIX, vectors), (KEYS_SUFFIX, np.array(list(hashes), dtype="S64"))):
             with atomic_path(self.directory / f"{stem}{suffix}") as tmp, open(tmp, "wb") as handle:
@@ -528,18 +529,35 @@ def _build_toy() -> tuple[torch.nn.Module, Callable]:
 
 
 def _build_open_clip(choice: EmbedderName) -> tuple[torch.nn.Module, Callable]:
+    """An open_clip hub model from its safetensors weights (downloaded once into the hub cache; never a pickle)."""
     import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME
+
+    from yollava import hub
 
     spec = OPEN_CLIP_EMBEDDERS[choice]
+    repo = open_clip.get_pretrained_cfg(spec.model, spec.pretrained).get("hf_hub", "").strip("/")
+    what = f"embedder '{choice.value}' ({spec.model} {spec.pretrained}, hub repo {repo})"
+    if hub.cached_file(repo, HF_SAFE_WEIGHTS_NAME) is None:
+        why = hub.unavailable_reason()
+        if why is not None:
+            raise YollavaError(
+                f"{what}: its weights are not in the local Hugging Face cache and {why}; connect once to download them "
+                "(kept in the cache afterwards), or use --embedder toy offline (the toy world's trained CLIP)"
+            )
+        from huggingface_hub import hf_hub_download
+
+        log.info("downloading %s/%s (cached for later runs)", repo, HF_SAFE_WEIGHTS_NAME)
+        try:
+            hf_hub_download(repo, HF_SAFE_WEIGHTS_NAME)
+        except Exception as exc:  # huggingface_hub raises many classes (HTTP, disk, repo errors)
+            raise YollavaError(f"{what}: downloading its weights failed ({hub.short_reason(exc)}); try again, or use --embedder toy offline") from exc
     try:
-        with _quiet_open_clip():
+        # the safetensors file is cached: open_clip finds it first and makes no request
+        with hub.offline(), _quiet_open_clip():
             model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained)
     except (RuntimeError, OSError) as exc:
-        raise YollavaError(
-            f"embedder '{choice.value}' ({spec.model} {spec.pretrained}) could not be loaded: {str(exc).splitlines()[0][:160]}; "
-            "its weights come from the Hugging Face hub (cached after the first download): connect once, "
-            "or use --embedder toy / tiny offline"
-        ) from exc
+        raise YollavaError(f"{what}: could not be loaded ({hub.short_reason(exc)}); delete it from the hub cache to download it again") from exc
     model.eval()
     return model, preprocess
 

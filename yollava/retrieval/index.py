@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
-import uuid
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from yollava.errors import YollavaError
 from yollava.images import IMAGE_SUFFIXES
 from yollava.retrieval.embed import Embedder, as_embedder
+from yollava.storage import artifact_lock, settle, staged_folder
 
 log = logging.getLogger(__name__)
 # faiss logs each CPU-feature probe at INFO on import; under the CLI's INFO logging that is noise.
@@ -40,6 +39,10 @@ MIN_POINTS_PER_CENTROID = 39
 MIN_PQ_TRAIN = 256 * MIN_POINTS_PER_CENTROID
 # Cap on vectors used to train IVF/PQ (faiss samples 256 per centroid anyway).
 MAX_TRAIN = 200_000
+# Metadata shards are named by their position; a header naming anything else is refused (no "../").
+METADATA_NAME = re.compile(r"\d{5}\.parquet")
+# A second `index add` waits this long for the first to finish before failing with its PID.
+ADD_LOCK_WAIT_S = 60.0
 
 
 class IndexKind(StrEnum):
@@ -339,57 +342,6 @@ class FolderBackend(FaissBackend):
                          embedder_fingerprint=embedder.fingerprint)
 
 
-def _backup_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.old"
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Serialise writers of ``out`` (and recovery) with an advisory lock file next to it."""
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _recover(out: Path) -> None:
-    """Undo a crash between the two renames of :func:`staged_directory` (caller holds the lock)."""
-    backup = _backup_path(out)
-    if not out.exists() and backup.exists():
-        log.warning("restoring %s from %s (an earlier write was interrupted)", out, backup.name)
-        os.rename(backup, out)
-
-
-@contextmanager
-def staged_directory(out: str | Path, *, lock: bool = True) -> Iterator[Path]:
-    """Yield a fresh temp folder next to ``out``; on success it replaces ``out`` by renames.
-
-    A crash inside the block leaves ``out`` untouched; a crash between the two renames is undone
-    by the next write or load (the old folder is moved back). Writers are serialised by a lock
-    file; pass ``lock=False`` when the caller already holds it (a read-modify-write).
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out) if lock else nullcontext():
-        _recover(out)
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            for file in tmp.rglob("*"):
-                if file.is_file():
-                    with open(file, "rb") as handle:
-                        os.fsync(handle.fileno())
-            backup = _backup_path(out)
-            if out.exists():
-                os.rename(out, backup)
-            os.rename(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _write_metadata(path: Path, paths: Sequence[str], sha256: Sequence[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -418,17 +370,18 @@ def load_index(path: str | Path) -> LocalIndex:
     import faiss
 
     path = Path(path)
-    if not path.exists() and _backup_path(path).exists():
-        with _locked(path):
-            _recover(path)
-    if not (path / INDEX_HEADER).is_file():
+    folder = settle(path) or path
+    if not (folder / INDEX_HEADER).is_file():
         raise YollavaError(f"--index {path}: not a yollava index (no {INDEX_HEADER}); build one with `yollava index build`")
-    header = IndexHeader.read(path)
+    header = IndexHeader.read(folder)
+    odd = [name for name in header.metadata_files if not METADATA_NAME.fullmatch(str(name))]
+    if odd:
+        raise YollavaError(f"--index {path}: {INDEX_HEADER} lists metadata file {str(odd[0])[:60]!r}, not NNNNN.parquet; rebuild the index")
     try:
-        index = faiss.read_index(str(path / FAISS_FILE))
-        paths, hashes = _read_metadata(path, header.metadata_files)
-    except (RuntimeError, OSError) as exc:
-        raise YollavaError(f"--index {path}: cannot read {exc.__class__.__name__}: {str(exc)[:120]}; rebuild the index") from exc
+        index = faiss.read_index(str(folder / FAISS_FILE))
+        paths, hashes = _read_metadata(folder, header.metadata_files)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise YollavaError(f"--index {path}: cannot read it ({exc.__class__.__name__}: {' '.join(str(exc).split())[:120]}); rebuild the index") from exc
     if not (index.ntotal == header.count == len(paths) and index.d == header.dim):
         raise YollavaError(
             f"--index {path}: damaged ({index.ntotal} vectors of dim {index.d}, {len(paths)} metadata rows, "
@@ -438,10 +391,10 @@ def load_index(path: str | Path) -> LocalIndex:
 
 
 def _write_index(out: Path, index, header: IndexHeader, new_paths: Sequence[str], new_sha: Sequence[str],
-                 previous: Path | None, *, lock: bool = True) -> None:
+                 previous: Path | None) -> None:
     import faiss
 
-    with staged_directory(out, lock=lock) as tmp:
+    with staged_folder(out) as tmp:
         (tmp / METADATA_DIR).mkdir()
         for name in header.metadata_files:
             # Earlier metadata shards are immutable: hard links make an add cost O(new rows).
@@ -507,10 +460,17 @@ def build_index(
     """
     out = Path(out)
     kind = _kind(kind)
-    if out.exists() and not (out / INDEX_HEADER).is_file() and any(out.iterdir()):
-        raise YollavaError(f"--out {out}: exists and is not a yollava index; choose a new folder")
-    if (out / INDEX_HEADER).is_file() and not overwrite:
-        raise YollavaError(f"--out {out}: an index already exists; extend it with `yollava index add` or pass --overwrite")
+    # held from the existence check to the swap: a second build of the same folder fails naming this PID
+    with artifact_lock(out, what=f"index {out}"):
+        settle(out)
+        if out.exists() and not (out / INDEX_HEADER).is_file() and any(out.iterdir()):
+            raise YollavaError(f"--out {out}: exists and is not a yollava index; choose a new folder")
+        if (out / INDEX_HEADER).is_file() and not overwrite:
+            raise YollavaError(f"--out {out}: an index already exists; extend it with `yollava index add` or pass --overwrite")
+        return _build_index(out, embedder, kind, images, list_file, paths, nlist, pq_m, nprobe, cache_dir, progress, seed)
+
+
+def _build_index(out: Path, embedder, kind: IndexKind, images, list_file, paths, nlist, pq_m, nprobe, cache_dir, progress, seed) -> IndexReport:
     files = _collect(images, list_file, paths)
     embedder = as_embedder(embedder)
     embedded = embedder.embed(files, cache_dir=cache_dir, keep_vectors=False, progress=progress, what="images")
@@ -585,8 +545,7 @@ def add_to_index(
     if not path.parent.is_dir():
         raise YollavaError(f"--index {path}: no such index; build one with `yollava index build`")
     # The whole read-modify-write holds the lock: two concurrent adds must not drop each other's images.
-    with _locked(path):
-        _recover(path)
+    with artifact_lock(path, wait=ADD_LOCK_WAIT_S, what=f"index {path}"):
         current = load_index(path)
         header = current.header
         embedder = as_embedder(embedder, default=header.embedder)
@@ -597,7 +556,7 @@ def add_to_index(
         if new:
             _add_vectors(current.index, embedder, [h for _, h in new], cache_dir)
             _write_index(current.path, current.index, header, [str(p.resolve()) for p, _ in new],
-                         [h for _, h in new], current.path, lock=False)
+                         [h for _, h in new], current.path)
     log.info("added %d images to %s (%d already indexed; %d in total)", len(new), current.path,
              len(embedded) - len(new), header.count)
     return IndexReport(header=header, path=current.path, added=len(new), skipped=embedded.skipped,

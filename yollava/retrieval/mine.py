@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -17,13 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from yollava.errors import YollavaError
-from yollava.images import scan_image_dir
+from yollava.images import IMAGE_SUFFIXES, check_image, file_sha256, scan_image_dir
 from yollava.retrieval.embed import DEFAULT_EMBEDDER, Embedder, as_embedder, default_cache_dir
-from yollava.retrieval.index import Backend, FolderBackend, Hit, check_embedder, load_index, staged_directory
+from yollava.retrieval.index import Backend, FolderBackend, Hit, check_embedder, load_index
+from yollava.storage import NEGATIVES_DIR, artifact_lock, settle, staged_folder
 
 log = logging.getLogger(__name__)
 
-NEGATIVES_DIR = "negatives"
 MANIFEST_FILE = "manifest.jsonl"
 RETRIEVAL_FILE = "retrieval.json"
 DOWNLOADS_DIR = "downloads"
@@ -38,7 +39,11 @@ DEFAULT_NEAR_DUPLICATE = 0.95
 # Neighbours asked per positive: 3m + 10 leaves room for exclusions; short lists are re-asked
 # with 4x more, up to this many rounds.
 MAX_ROUNDS = 3
-MANIFEST_KEYS = ("kind", "source", "file", "sha256", "score", "rank", "query", "embedder", "index")
+MANIFEST_KEYS = ("kind", "source", "file", "sha256", "size", "score", "rank", "query", "embedder", "index")
+# Manifests written before sizes were recorded lack only "size"; their files are checked by sha256 alone.
+LEGACY_MANIFEST_KEYS = tuple(k for k in MANIFEST_KEYS if k != "size")
+# How ``file`` entries look: ``<kind>/<16 hex of the sha256><image suffix>``, inside the negatives folder.
+MANIFEST_FILE_PATTERN = re.compile(r"(hard|easy)/([0-9a-f]{16})(\.[a-z0-9]{1,5})")
 
 
 class NegativeKind(StrEnum):
@@ -61,6 +66,7 @@ class NegativeRecord:
     query: str | None
     embedder: str
     index: str
+    size: int | None = None
 
 
 @dataclass
@@ -240,6 +246,17 @@ def retrieve_hard_negatives(
         raise YollavaError(f"near-duplicate threshold {near_duplicate}: must be in (0, 1]")
     out = negatives_dir(store, concept)
     check_embedder(backend, embedder)
+    # the concept's lock is held from the look at what is stored to the swap of the new set
+    with artifact_lock(out.parent, what=f"concept '{concept}' in {Path(store)}"):
+        settle(out.parent)
+        settle(out, lock_target=out.parent)
+        return _retrieve(concept, images, backend, embedder, out, store, per_image, n_easy, near_duplicate, seed, link,
+                         overwrite, cache_dir, progress)
+
+
+def _retrieve(concept: str, images: str | Path, backend: Backend, embedder: Embedder, out: Path, store: str | Path,
+              per_image: int | None, n_easy: int, near_duplicate: float, seed: int, link: bool, overwrite: bool,
+              cache_dir: str | Path | None, progress: bool) -> NegativeSet:
     scan = scan_image_dir(images, what="positive image", option="--images")
     positives = embedder.embed(scan.valid, cache_dir=cache_dir, progress=progress, what="positive images")
     if not len(positives):
@@ -331,10 +348,12 @@ def retrieve_hard_negatives(
 
 def _record(kind: NegativeKind, hit: Hit, candidate: _Candidate, embedder: Embedder, backend: Backend,
             score: float, rank: int | None, query: str | None) -> NegativeRecord:
-    suffix = candidate.path.suffix.lower() or ".img"
+    suffix = candidate.path.suffix.lower()
+    suffix = suffix if suffix in IMAGE_SUFFIXES else ".img"
     return NegativeRecord(
         kind=kind.value, source=hit.source, file=f"{kind.value}/{candidate.sha256[:16]}{suffix}", sha256=candidate.sha256,
         score=round(float(score), 6), rank=rank, query=query, embedder=embedder.name, index=backend.description,
+        size=candidate.path.stat().st_size,
     )
 
 
@@ -345,7 +364,7 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _store(out: Path, records: list[NegativeRecord], known: dict[str, _Candidate | str], request: dict[str, Any],
            link: bool, warnings: list[str]) -> list[NegativeRecord]:
-    with staged_directory(out) as tmp:
+    with staged_folder(out, lock_target=out.parent) as tmp:
         for kind in NegativeKind:
             (tmp / kind.value).mkdir()
         for record in records:
@@ -386,6 +405,10 @@ def _read_retrieval(out: Path) -> dict[str, Any] | None:
 def read_negatives(concept: str, store: str | Path = "concepts") -> NegativeSet:
     """Load a concept's stored negatives (for building the training set and for ablations).
 
+    Every manifest entry is checked before anything is used: its ``file`` must be
+    ``<kind>/<sha prefix><image suffix>`` inside the negatives folder (no absolute or ``../`` paths, no
+    links out), and the file must have the recorded size and sha256 and decode as an image.
+
     Args:
         concept: concept name.
         store: concept store.
@@ -394,25 +417,69 @@ def read_negatives(concept: str, store: str | Path = "concepts") -> NegativeSet:
         The :class:`NegativeSet`, records in manifest order (hard first).
 
     Raises:
-        YollavaError: no negatives stored, a damaged manifest, or a listed file is missing or altered in size.
+        YollavaError: no negatives stored, a damaged manifest, or a listed file that is missing, outside
+            the folder, altered, or not an image.
     """
-    out = negatives_dir(store, concept)
-    summary = _read_retrieval(out)
-    if summary is None:
+    target = negatives_dir(store, concept)
+    concept_folder = settle(target.parent, lock_target=target.parent)
+    out = settle(concept_folder / NEGATIVES_DIR, lock_target=target.parent) if concept_folder else None
+    summary = _read_retrieval(out) if out is not None else None
+    if out is None or summary is None:
         raise YollavaError(f"no negatives for '{concept}' in {Path(store)}; run `yollava retrieve --concept {concept} --images DIR --pool DIR`")
+    fix = f"re-run `yollava retrieve --concept {concept} ... --overwrite`"
     records = []
     try:
         for number, line in enumerate((out / MANIFEST_FILE).read_text(encoding="utf-8").splitlines(), 1):
             data = json.loads(line)
-            if set(data) != set(MANIFEST_KEYS):
-                raise ValueError(f"line {number} has keys {sorted(data)}")
+            if not isinstance(data, dict) or set(data) not in (set(MANIFEST_KEYS), set(LEGACY_MANIFEST_KEYS)):
+                raise ValueError(f"line {number} has keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+            problem = _manifest_problem(data)
+            if problem:
+                raise ValueError(f"line {number}: {problem}")
             records.append(NegativeRecord(**data))
     except (OSError, ValueError, TypeError) as exc:
-        raise YollavaError(f"{out / MANIFEST_FILE}: damaged ({str(exc)[:80]}); re-run `yollava retrieve --concept {concept} ... --overwrite`") from exc
-    missing = [r.file for r in records if not (out / r.file).is_file()]
-    if missing:
-        raise YollavaError(f"{out}: {len(missing)} negative file(s) listed in {MANIFEST_FILE} are missing (e.g. {missing[0]}); re-run retrieve with --overwrite")
+        raise YollavaError(f"{out / MANIFEST_FILE}: damaged ({str(exc)[:160]}); {fix}") from exc
+    root = out.resolve()
+    for record in records:
+        path = out / record.file
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise YollavaError(f"{out}: {record.file} points outside the negatives folder; {fix}")
+        if not path.is_file():
+            missing = sum(1 for r in records if not (out / r.file).is_file())
+            raise YollavaError(f"{out}: {missing} negative file(s) listed in {MANIFEST_FILE} are missing (e.g. {record.file}); {fix}")
+        if record.size is not None and path.stat().st_size != record.size:
+            raise YollavaError(f"{out}: {record.file} has {path.stat().st_size} bytes, the manifest says {record.size}; {fix}")
+        if file_sha256(path) != record.sha256:
+            raise YollavaError(f"{out}: {record.file} does not match its sha256 in {MANIFEST_FILE} (altered?); {fix}")
+        reason = check_image(path)
+        if reason is not None:
+            raise YollavaError(f"{out}: {record.file} is {reason}, not a usable negative image; {fix}")
     return NegativeSet(directory=out, records=records, request=summary.get("request", {}), warnings=summary.get("warnings", []))
+
+
+def _manifest_problem(data: dict[str, Any]) -> str | None:
+    """Why one manifest line is malformed, or None (types, and ``file`` naming its kind and sha256)."""
+    texts = ("kind", "source", "file", "sha256", "embedder", "index")
+    bad = [key for key in texts if not isinstance(data[key], str)]
+    if bad:
+        return f"'{bad[0]}' is not a string"
+    if data["kind"] not in {k.value for k in NegativeKind}:
+        return f"kind {data['kind'][:20]!r} is not hard or easy"
+    if not re.fullmatch(r"[0-9a-f]{64}", data["sha256"]):
+        return "sha256 is not 64 hex digits"
+    match = MANIFEST_FILE_PATTERN.fullmatch(data["file"])
+    if match is None or match.group(1) != data["kind"] or not data["sha256"].startswith(match.group(2)):
+        return f"file {data['file'][:40]!r} is not {data['kind']}/<sha256 prefix>.<image suffix>"
+    if match.group(3) not in IMAGE_SUFFIXES | {".img"}:
+        return f"file {data['file'][:40]!r} does not have an image suffix"
+    if "size" in data and (type(data["size"]) is not int or data["size"] < 0):
+        return "size is not a byte count"
+    if isinstance(data["score"], bool) or not isinstance(data["score"], (int, float)):
+        return "score is not a number"
+    for key in ("rank", "query"):
+        if data[key] is not None and not isinstance(data[key], int if key == "rank" else str):
+            return f"'{key}' has the wrong type"
+    return None
 
 
 def retrieve_negatives(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from yollava.errors import YollavaError
 from yollava.evaluate.layout import DESCRIPTIONS_FILE, TEST, TEXT_QA_FILE, TRAIN, VISUAL_QA_FILE
+from yollava.storage import artifact_lock, settle, staged_folder
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import (
     ATTRIBUTES,
@@ -404,16 +402,33 @@ def _save_png(scene: Scene, path: Path) -> None:
     render_scene(scene).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+def _progress(enabled: bool):
+    """A bar on a terminal, about ten log lines per task off one, nothing when disabled."""
+    if not enabled:
+        return Progress(disable=True)
+    from rich.console import Console
+
+    from yollava.progress import progress_bar
+
+    return progress_bar(Console(stderr=True))
+
+
+def read_benchmark(path: str | Path) -> dict:
+    """The ``benchmark.json`` of a generated benchmark, after the storage protocol's recovery.
+
+    Raises:
+        YollavaError: no benchmark at ``path`` or an unreadable summary.
+    """
+    folder = settle(Path(path))
+    if folder is None or not (folder / BENCHMARK_FILE).is_file():
+        raise YollavaError(f"{path}: no toy benchmark here (no {BENCHMARK_FILE}); create one with `yollava toy generate --out {path}`")
+    try:
+        summary = json.loads((folder / BENCHMARK_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise YollavaError(f"{folder / BENCHMARK_FILE}: unreadable ({exc.__class__.__name__}); generate the benchmark again with --overwrite") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("concepts"), list):
+        raise YollavaError(f"{folder / BENCHMARK_FILE}: not a benchmark summary; generate the benchmark again with --overwrite")
+    return summary
 
 
 def generate_benchmark(
@@ -440,8 +455,8 @@ def generate_benchmark(
     ``subjects/<name>/subject.json`` and ``subjects/<name>/scenes.jsonl`` (the scene graph of every
     image, paths relative to ``out_dir``); ``benchmark.json``; ``pool/NNNNN.png`` with
     ``pool/pool.jsonl`` (path relative to ``pool/``, main-subject attributes, planted-lookalike link
-    and scene graph per line). Everything is written into ``<out_dir>.tmp-*`` first and
-    renamed into place at the end, so a crash never leaves a half-written benchmark.
+    and scene graph per line). Everything is written into ``.<out_dir>.tmp-*`` first and
+    swapped into place at the end, so a crash never leaves a half-written benchmark.
 
     Args:
         out_dir: destination folder (must not exist unless ``overwrite``).
@@ -460,38 +475,31 @@ def generate_benchmark(
         ``out_dir`` as a Path.
 
     Raises:
-        YollavaError: ``out_dir`` exists (without ``overwrite``) or a count is out of range.
+        YollavaError: ``out_dir`` exists (without ``overwrite``), a count is out of range, another process
+            is writing it, or a write failed (one line; nothing was changed).
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise YollavaError(f"--out {out}: already exists; pass --overwrite or choose another folder")
-    plan = plan_benchmark(
-        n_concepts,
-        seed,
-        pool_size,
-        image_size,
-        n_train=n_train,
-        n_test=n_test,
-        pool_lookalikes_per_concept=pool_lookalikes_per_concept,
-        lookalike_fraction=lookalike_fraction,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    started = time.perf_counter()
-    try:
-        counts = _write_all(plan, tmp, progress)
-        _write_json(tmp / BENCHMARK_FILE, _benchmark_summary(plan, counts))
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # Locked from the existence check to the swap; written into .<out>.tmp-* and swapped in whole
+    # (storage.staged_folder), so a crash or a kill leaves the old benchmark or none, and the next
+    # run deletes what a killed one left.
+    with artifact_lock(out, what=f"toy benchmark {out}"):
+        settle(out)
+        if out.exists() and not overwrite:
+            raise YollavaError(f"--out {out}: already exists; pass --overwrite or choose another folder")
+        plan = plan_benchmark(
+            n_concepts,
+            seed,
+            pool_size,
+            image_size,
+            n_train=n_train,
+            n_test=n_test,
+            pool_lookalikes_per_concept=pool_lookalikes_per_concept,
+            lookalike_fraction=lookalike_fraction,
+        )
+        started = time.perf_counter()
+        with staged_folder(out) as tmp:
+            counts = _write_all(plan, tmp, progress)
+            _write_json(tmp / BENCHMARK_FILE, _benchmark_summary(plan, counts))
     total = counts["concept_images"] + counts["pool_images"]
     log.info("wrote %d images to %s in %.1f s", total, out, time.perf_counter() - started)
     return out
@@ -502,8 +510,8 @@ def _write_all(plan: BenchmarkPlan, root: Path, show_progress: bool) -> dict:
     n_concept_images = len(plan.concepts) * (plan.n_train + plan.n_test)
     counts = {"concept_images": n_concept_images, "pool_images": plan.pool_size, "qa_text": 0, "qa_visual": 0}
     with _progress(show_progress) as bar:
-        concept_task = bar.add_task("concepts", total=n_concept_images)
-        pool_task = bar.add_task("pool", total=plan.pool_size)
+        concept_task = bar.add_task("concepts", total=n_concept_images, info="", log_every=max(1, n_concept_images // 10))
+        pool_task = bar.add_task("pool", total=plan.pool_size, info="", log_every=max(1, plan.pool_size // 10))
         text_qa: dict[str, dict] = {}
         visual_qa: dict[str, dict] = {}
         for offset, spec in enumerate(plan.concepts):
