@@ -76,6 +76,17 @@ def test_other_layouts_are_refused_with_one_line(tmp_path, build, fragment):
     assert "\n" not in str(info.value)
 
 
+def test_a_dataset_left_mid_swap_is_recovered_before_it_is_read(tmp_path):
+    """What a `yollava toy generate --overwrite` killed between its two renames leaves: only .<DIR>.old,
+    and a staging folder. The reader restores the old version and removes the staging (storage.settle)."""
+    root = tmp_path / "data"
+    published_layout(tmp_path / ".data.old")
+    published_layout(tmp_path / ".data.tmp-deadbeef", subjects=("half",))
+    data = open_benchmark(root)
+    assert data.root == root and data.subjects["test"] == ["bo", "mam", "shiba-gray"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_unknown_subject_and_single_subject(tmp_path):
     data = open_benchmark(published_layout(tmp_path / "d"))
     with pytest.raises(YollavaError, match=r"no test/ghost/ folder \(subjects in test/: bo, mam, shiba-gray\)"):

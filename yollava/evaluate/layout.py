@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from yollava.errors import YollavaError
 from yollava.images import IMAGE_SUFFIXES, scan_image_dir
+from yollava.storage import settle
 
 TRAIN = "train"
 TEST = "test"
@@ -102,11 +103,15 @@ def _has_images(folder: Path) -> bool:
 def open_benchmark(data_dir: str | Path) -> Benchmark:
     """Read a dataset laid out as ``DIR/{train,test}/<subject>/``.
 
+    A folder ``yollava toy generate`` is rewriting, or that a killed run left mid-swap, is read like
+    every artifact of the storage protocol: recovery first, then the complete version (the old one
+    while a writer holds the lock).
+
     Raises:
         YollavaError: ``DIR`` is missing, uses another layout (``DIR/<subject>/test/``, images directly
             in ``DIR/test/``), or has neither split.
     """
-    root = Path(data_dir)
+    root = settle(Path(data_dir)) or Path(data_dir)
     if not root.is_dir():
         raise YollavaError(f"--data {root}: no such directory; pass a dataset laid out as DIR/{{train,test}}/<subject>/")
     subjects: dict[str, list[str]] = {}
