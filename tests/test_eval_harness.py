@@ -184,6 +184,33 @@ def test_auto_descriptions_are_reused_until_the_photos_change(tiny_base, dataset
     assert (tmp_path / "s" / "bo" / AUTO_DESCRIPTION).read_text() == first
 
 
+def test_auto_descriptions_are_cached_under_the_concepts_lock(tiny_base, dataset, tmp_path):
+    """The cache lives in the concept's folder, which train swaps whole: while another process holds the
+    concept's lock (a training run saving it) the description is used but not written; afterwards it is."""
+    import subprocess
+    import sys
+
+    from yollava.storage import lock_path
+
+    store = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from yollava.storage import artifact_lock\n"
+        "with artifact_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"), str(store / "bo")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        plan = plan_evaluation(dataset, ["bo"], ["recognition"], ["auto-short"], store=store, generation=False, max_new_tokens=4)
+        records = run_evaluation(plan, tiny_base, QUIET)
+        assert records[0]["method_info"]["summary"] is not None and len(records[0]["method_info"]["captions"]) == 3
+        assert not (store / "bo" / AUTO_DESCRIPTION).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = run_evaluation(plan, tiny_base, QUIET)
+    assert json.loads((store / "bo" / AUTO_DESCRIPTION).read_text())["summary"] == again[0]["method_info"]["summary"]
+    assert not lock_path(store / "bo").exists()
+
+
 def test_report_table_shape_and_plot(tiny_base, dataset, tmp_path):
     store = tmp_path / "concepts"
     train_tiny_concept(tiny_base, store, "bo")

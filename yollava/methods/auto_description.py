@@ -5,12 +5,13 @@ The base captions every training photo (``templates/evaluation.yaml`` ``auto_des
 LLaVA-1.5), ``auto-short`` the base's own one-sentence summary of them (~16 tokens). Both are
 generated once per subject and base and cached next to the concept, in
 ``<store>/<subject>/auto_description.json``, keyed by the base's fingerprint, the photos' hashes and
-the prompts.
+the prompts. The cache is written under the concept's lock (``yollava.concept.concept_lock``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,9 +21,12 @@ from yollava.methods.personalization import (
     Method, MethodContext, MethodInputs, Personalization, base_fingerprint, build_query, description_prefix,
     evaluation_template, plain_name, references_of,
 )
-from yollava.storage import AUTO_DESCRIPTION, write_json_atomic
+from yollava.concept import concept_dir, concept_lock
+from yollava.storage import AUTO_DESCRIPTION, LockedError, settle, write_json_atomic
 
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def auto_description_record(ctx: MethodContext, subject: str) -> dict[str, Any]:
@@ -45,14 +49,9 @@ def auto_description_record(ctx: MethodContext, subject: str) -> dict[str, Any]:
         "prompts": prompts,
         "photos": references_of(photos),
     }
-    path = Path(ctx.inputs.store) / subject / AUTO_DESCRIPTION
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            cached = {}
-        if cached.get("key") == json.loads(json.dumps(key)):
-            return cached
+    cached = _read_cache(ctx.inputs.store, subject)
+    if cached.get("key") == json.loads(json.dumps(key)):
+        return cached
     bare = Personalization(method="auto", subject=subject, identifier="")
     captions = []
     for photo in photos:
@@ -62,8 +61,37 @@ def auto_description_record(ctx: MethodContext, subject: str) -> dict[str, Any]:
     query = build_query(ctx.base, ctx.fmt, bare, prompts["summary_question"].replace("{captions}", joined), scene=None)
     summary = greedy_generate(ctx.base, query.ids, [], ctx.features, prompts["summary_max_new_tokens"])
     record = {"key": key, "subject": subject, "captions": captions, "summary": summary}
-    write_json_atomic(path, record)
+    _write_cache(ctx.inputs.store, subject, record)
     return record
+
+
+def _read_cache(store: str | Path, subject: str) -> dict[str, Any]:
+    """The cached record in ``<store>/<subject>/`` (read like the concept: recovery first), or {} when none is readable."""
+    folder = settle(concept_dir(store, subject))
+    path = folder / AUTO_DESCRIPTION if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_cache(store: str | Path, subject: str, record: dict[str, Any]) -> None:
+    """Store the record in the concept's folder under the concept's lock (the folder is swapped whole by
+    ``yollava train``: a write outside the lock could land in the middle of a swap and break it).
+
+    The descriptions are generated before the lock is taken (minutes on a real model); when another
+    process holds it (a training run saving this concept), the record is used but not cached.
+    """
+    folder = concept_dir(store, subject)
+    try:
+        with concept_lock(store, subject):
+            settle(folder)  # finish an interrupted swap before writing into the folder
+            write_json_atomic(folder / AUTO_DESCRIPTION, record)
+    except LockedError as exc:
+        log.warning("auto description of '%s' not cached (%s)", subject, exc)
 
 
 class AutoLong(Method):
