@@ -186,7 +186,7 @@ def build_data(
     """Build a concept's training set (recognition + conversation samples) as an HF dataset."""
     from yollava.concept import validate_name
     from yollava.config import load_config
-    from yollava.forward import FeatureCache
+    from yollava.forward import make_cache
     from yollava.models import load_base
     from yollava.prepare import build_samples, gather_inputs
 
@@ -194,7 +194,7 @@ def build_data(
     validate_name(concept)
     inputs = gather_inputs(concept, images, source, store, cfg)  # fails before the (slow) base load
     base = load_base(cfg.model)
-    built = build_samples(inputs, base, store, cfg, FeatureCache(base), err, rebuild=overwrite)
+    built = build_samples(inputs, base, store, cfg, make_cache(base, cfg.train), err, rebuild=overwrite)
     info = built.info
     err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(built.samples)} samples {info['counts']} in {store / concept / 'data'}")
 
@@ -294,6 +294,7 @@ def evaluate(
     """
     from yollava.config import load_config
     from yollava.evaluate.harness import plan_evaluation, run_evaluation
+    from yollava.forward import make_cache
     from yollava.models import load_base
     from yollava.prompts import ChatFormat
     from yollava.storage import write_json_atomic
@@ -303,7 +304,9 @@ def evaluate(
     name = model or plan.concept_base
     cfg = load_config(overrides=[f"model.name={name}"] if name else None)
     base = load_base(cfg.model)
-    records = run_evaluation(plan, base, err, ChatFormat.load(cfg.prompt.template))
+    # one cache for the whole run (train.prefix_cache*: image features and prefix keys/values), so
+    # every test photo's prefix is computed once for every task, method and concept
+    records = run_evaluation(plan, base, err, ChatFormat.load(cfg.prompt.template), make_cache(base, cfg.train))
     if len(plan.subjects) == 1:
         table = Table(title=f"<{plan.subjects[0]}> on {data} ({base.model_id})")
         for column in ("method", "task", "accuracy", "details", "n", "tokens"):

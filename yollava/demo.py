@@ -20,7 +20,7 @@ from yollava.config import load_config
 from yollava.data import NegativeSource
 from yollava.evaluate.layout import TRAIN, open_benchmark
 from yollava.evaluate.recognition import evaluate_concept
-from yollava.forward import FeatureCache
+from yollava.forward import PrefixCache
 from yollava.methods.personalization import Personalization, plain_name
 from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
@@ -86,7 +86,7 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
     question = f"What colour is {identifier}?"
     console.print(f"[bold]you>[/bold] {question}  (no image)\n[bold]yollava>[/bold] {session.ask(question)}")
 
-    features = FeatureCache(base)
+    features = PrefixCache(base)  # each test photo's prefix computed once for both scores
     result = evaluate_concept(base, concept_personalization(concept.params.tokens), positives, negatives_test, features, fmt)
     unnamed = Personalization(method="vanilla", subject=CONCEPT, identifier=plain_name(base.plain(), CONCEPT))
     vanilla = evaluate_concept(base.plain(), unnamed, positives, negatives_test, features, fmt)

@@ -16,12 +16,13 @@ from rich.console import Console
 
 import yollava
 from yollava.base import Base
+from yollava.batching import epoch_batches
 from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
-from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
+from yollava.forward import FeatureCache, ImageRef, PrefixCache, collate, make_cache, prefix_items, split_lengths, supervised_loss
 from yollava.images import file_sha256
 from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
@@ -296,10 +297,12 @@ def _run_recipe(
     if base is None:
         console.print(f"loading base model {config.model.name} ...")
         base = load_base(config.model)
-    features = FeatureCache(base, enabled=config.train.cache_image_features)
+    # frozen image features and prefix keys/values (system text + image), computed once and reused by
+    # the conversation answers, every training step and every score
+    cache = make_cache(base, config.train)
     run_dir = state.run_dir if state is not None else _new_run_dir(Path(config.train.runs_dir), name)
     # a new training set goes into the run folder and reaches the store with the concept, not before
-    training_set = build_samples(inputs, base, store, config, features, console, save_to=run_dir / DATA_DIR)
+    training_set = build_samples(inputs, base, store, config, cache, console, save_to=run_dir / DATA_DIR)
 
     torch.manual_seed(config.train.seed)
     params = init_concept(base, name, config.concept, seed=config.train.seed)
@@ -312,7 +315,7 @@ def _run_recipe(
     if not state.best_rows:
         state.best_rows = params.rows()
     with attached(base, params):
-        _train_epochs(config, base, params, optimizer, inputs, training_set, features, state, console)
+        _train_epochs(config, base, params, optimizer, inputs, training_set, cache, state, console)
         concept = ConceptParams(params.tokens, params.head_mode, state.best_rows["embed_rows"], state.best_rows["head_rows"])
         summary = _training_summary(config, inputs, training_set, state)
         plot_training_history(state.history, state.run_dir / RUN_PLOT, title=f"<{name}>")
@@ -334,12 +337,16 @@ def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet
 
 def _train_epochs(
     config: Config, base: Base, params: ConceptParams, optimizer: torch.optim.Optimizer, inputs: TrainingInputs,
-    training_set: TrainingSet, features: FeatureCache, state: RunState, console: Console,
+    training_set: TrainingSet, cache: FeatureCache | PrefixCache, state: RunState, console: Console,
 ) -> None:
     """Epochs from ``state.epoch`` on: train one pass, score the training photos, checkpoint, maybe stop."""
     fmt = ChatFormat.load(config.prompt.template)
     encoded = encode_samples(base, fmt, params.tokens.soft_prompt, training_set.samples, config.train.max_length)
     images = inputs.images
+    sequences = [(e.input_ids, e.labels, e.images) for e in encoded]
+    if isinstance(cache, PrefixCache):
+        cache.warm(prefix_items(base, sequences))  # most used first, so the budget keeps those close
+    lengths = [split_lengths(base, ids, labels) for ids, labels, _ in sequences]
     batch_size = config.train.batch_size
     steps_per_epoch = (len(encoded) + batch_size - 1) // batch_size
     pad_id = base.tokenizer.pad_token_id or 0
@@ -353,12 +360,11 @@ def _train_epochs(
         epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="", log_every=1)
         for epoch in range(state.epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
-            order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)).tolist()
             losses: list[float] = []
-            for step in range(steps_per_epoch):
-                chunk = [encoded[i] for i in order[step * batch_size : (step + 1) * batch_size]]
+            for indices in epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window):
+                chunk = [encoded[i] for i in indices]
                 batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], pad_id, base.device)
-                loss = supervised_loss(base, batch, features, config.train.head_at_supervised_only)
+                loss = supervised_loss(base, batch, cache, config.train.head_at_supervised_only)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -368,7 +374,7 @@ def _train_epochs(
 
             scoring = progress.add_task(f"score epoch {epoch + 1}", total=len(images.positives) + len(images.negatives), info="")
             result = evaluate_concept(
-                base, concept_personalization(params.tokens), images.positives, images.negatives, features, fmt,
+                base, concept_personalization(params.tokens), images.positives, images.negatives, cache, fmt,
                 generation=config.train.eval_generation, progress=lambda n: progress.update(scoring, advance=n),
                 require_negatives=False,
             )

@@ -3,7 +3,7 @@
 Two steps, so a bad input fails with one line and nothing written:
 
     plan = plan_evaluation(data, concepts, tasks, methods, ...)   # files only: layout, QA, descriptions, concepts
-    records = run_evaluation(plan, base, console)                  # the model: one feature cache for everything
+    records = run_evaluation(plan, base, console)                  # the model: one prefix cache for everything
 
 Each record is one (task, method, concept): ``task``, ``method``, ``concept``, ``accuracy`` (the task's
 headline), ``n_questions``, ``tokens_per_query``, ``train_seconds``, every other metric, what was
@@ -32,7 +32,7 @@ from yollava.evaluate.scoring import check_fits
 from yollava.evaluate.task import Task, TaskInputs
 from yollava.evaluate.text_qa import TextQA
 from yollava.evaluate.visual_qa import VisualQA
-from yollava.forward import FeatureCache
+from yollava.forward import FeatureCache, PrefixCache
 from yollava.methods import METHODS, Method, MethodContext, MethodInputs, build_query, get_method, method_names, read_descriptions, tokens_per_query
 from yollava.methods.soft_prompt import SoftPrompt
 from yollava.progress import Tracker
@@ -183,12 +183,14 @@ def _templates(fmt: ChatFormat) -> dict[str, str]:
 
 
 def run_evaluation(plan: EvalPlan, base: Base, console: Console | None = None, fmt: ChatFormat | None = None,
-                   features: FeatureCache | None = None) -> list[dict[str, Any]]:
+                   features: FeatureCache | PrefixCache | None = None) -> list[dict[str, Any]]:
     """Run every (method, concept, task) of ``plan`` on ``base``.
 
     Methods run one after the other and each concept is attached only while it is scored, so one
-    loaded base serves everything; every image's features are computed once (``features``, shared
-    with the caller if given) for all concepts and methods.
+    loaded base serves everything. One cache (``features``, shared with the caller if given; by
+    default a :class:`~yollava.forward.PrefixCache` with its default budgets) holds every image's
+    features and every photo's prefix keys/values (system text and image: the same for every task,
+    method and concept that asks about it), so each is computed once while the budget keeps it.
 
     Returns:
         One record per (task, method, concept), in method, concept, task order.
@@ -198,7 +200,7 @@ def run_evaluation(plan: EvalPlan, base: Base, console: Console | None = None, f
     """
     console = console or Console(stderr=True)
     fmt = fmt or ChatFormat.load("llava_v1")
-    features = features if features is not None else FeatureCache(base)
+    features = features if features is not None else PrefixCache(base)
     ctx = MethodContext(inputs=plan.inputs, base=base, fmt=fmt, features=features, console=console)
     records: list[dict[str, Any]] = []
     eval_question = RecognitionBank.load().eval_question

@@ -12,9 +12,9 @@ from typing import Any, Callable, Sequence
 from yollava.base import Base
 from yollava.errors import YollavaError
 from yollava.evaluate.answers import NO, OTHER, YES, judge_yes_no
-from yollava.evaluate.scoring import first_answer_tokens, generate, next_token_scores
+from yollava.evaluate.scoring import first_answer_tokens, generate_batch, next_token_scores_batch
 from yollava.evaluate.task import Outcome, Task, TaskInputs
-from yollava.forward import FeatureCache
+from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
 from yollava.methods.personalization import MethodContext, Personalization, Query, build_query
 from yollava.prompts import ChatFormat, RecognitionBank
 
@@ -59,7 +59,7 @@ class YesNoScorer:
             :class:`Personalization` (reference photos too).
     """
 
-    def __init__(self, base: Base, fmt: ChatFormat, prefix: str | Personalization, question: str, cache: FeatureCache):
+    def __init__(self, base: Base, fmt: ChatFormat, prefix: str | Personalization, question: str, cache: FeatureCache | PrefixCache):
         self.base = base
         self.cache = cache
         self.person = prefix if isinstance(prefix, Personalization) else Personalization(method="", subject="", identifier="", prefix=prefix)
@@ -70,12 +70,13 @@ class YesNoScorer:
         return Query(self.prompt_ids, self.person.images(image))
 
     def logprobs(self, images: Sequence[str]) -> list[tuple[float, float]]:
-        """(log p(Yes), log p(No)) of the first answer token, for each image."""
-        out = []
-        for path in images:
-            lp_yes, lp_no = next_token_scores(self.base, self.query(path), [self.yes_id, self.no_id], self.cache)
-            out.append((lp_yes, lp_no))
-        return out
+        """(log p(Yes), log p(No)) of the first answer token, for each image.
+
+        Scored in batches; with a :class:`yollava.forward.PrefixCache` an image's prefix keys/values
+        are computed once and shared by every question, concept and method asked about it.
+        """
+        scores = next_token_scores_batch(self.base, [self.query(str(p)) for p in images], [self.yes_id, self.no_id], self.cache)
+        return [(lp_yes, lp_no) for lp_yes, lp_no in scores]
 
 
 def classify_answer(text: str) -> str:
@@ -90,7 +91,7 @@ def recognition_accuracy(
     question: str,
     positives: Sequence[str],
     negatives: Sequence[str],
-    cache: FeatureCache,
+    cache: FeatureCache | PrefixCache,
     generation: bool = False,
     progress: Callable[[int], None] | None = None,
     require_negatives: bool = True,
@@ -104,9 +105,9 @@ def recognition_accuracy(
         person: how the subject is given (a :class:`Personalization`, or just the text before the question).
         question: the recognition question naming the identifier.
         positives / negatives: image paths.
-        cache: image-feature cache (shared with training).
+        cache: image-feature or prefix cache (shared with training, other concepts and methods).
         generation: also score whole greedy answers; any answer that is not a coherent yes/no counts wrong.
-        progress: called with 1 after each image.
+        progress: called with the number of images scored after each batch.
         require_negatives: when False, no negatives is allowed (a concept trained without any): the
             negative accuracy is then reported as 0 over 0 images and ``weighted`` is the positive accuracy.
         max_new_tokens: length of the greedy answers.
@@ -118,17 +119,20 @@ def recognition_accuracy(
         raise YollavaError(f"recognition needs positive and negative images (got {len(positives)} and {len(negatives)})")
     scorer = YesNoScorer(base, fmt, person, question, cache)
     per_image: list[dict[str, Any]] = []
-    for label, paths in ((True, positives), (False, negatives)):
-        for path in paths:
-            (lp_yes, lp_no), = scorer.logprobs([path])
-            record: dict[str, Any] = {"image": str(path), "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
-            if generation:
-                text = generate(base, scorer.query(str(path)), cache, max_new_tokens)
-                record["generated"] = text
-                record["verdict"] = judge_yes_no(text)
+    # in chunks of one scoring batch: the progress moves, and the chunk's answers decode together
+    labelled = [(True, str(p)) for p in positives] + [(False, str(p)) for p in negatives]
+    for start in range(0, len(labelled), SCORE_BATCH):
+        chunk = labelled[start : start + SCORE_BATCH]
+        logprobs = scorer.logprobs([path for _, path in chunk])
+        answers = generate_batch(base, [scorer.query(path) for _, path in chunk], cache, max_new_tokens) if generation else None
+        for row, ((label, path), (lp_yes, lp_no)) in enumerate(zip(chunk, logprobs)):
+            record: dict[str, Any] = {"image": path, "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
+            if answers is not None:
+                record["generated"] = answers[row]
+                record["verdict"] = judge_yes_no(answers[row])
             per_image.append(record)
-            if progress:
-                progress(1)
+        if progress:
+            progress(len(chunk))
     pos = [r for r in per_image if r["label"]]
     neg = [r for r in per_image if not r["label"]]
 
@@ -157,7 +161,7 @@ def evaluate_concept(
     person: Personalization,
     positives: Sequence[str],
     negatives: Sequence[str],
-    features: FeatureCache,
+    features: FeatureCache | PrefixCache,
     fmt: ChatFormat | None = None,
     generation: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -171,10 +175,10 @@ def evaluate_concept(
         person: how the subject is given (:func:`yollava.methods.soft_prompt.concept_personalization`
             for a trained concept, or any method's :class:`Personalization`).
         positives / negatives: image paths.
-        features: the image-feature cache (shared with training and other concepts).
+        features: the image-feature or prefix cache (shared with training, other concepts and methods).
         fmt: chat format (default ``llava_v1``).
         generation: also score whole greedy answers.
-        progress: called with 1 after each image.
+        progress: called with the number of images scored after each batch.
         require_negatives: see :func:`recognition_accuracy`.
         max_new_tokens: length of the greedy answers.
     """

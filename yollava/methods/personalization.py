@@ -13,7 +13,7 @@ from rich.console import Console
 from yollava.base import Base
 from yollava.errors import YollavaError
 from yollava.evaluate.layout import TRAIN, Benchmark
-from yollava.forward import FeatureCache, ImageRef
+from yollava.forward import FeatureCache, ImageRef, PrefixCache
 from yollava.prompts import ChatFormat, Encoded, Turn, encode, load_template, render
 
 
@@ -142,12 +142,12 @@ class MethodInputs:
 
 @dataclass
 class MethodContext:
-    """A loaded base and what it shares across methods and concepts (one feature cache)."""
+    """A loaded base and what it shares across methods and concepts (one cache: image features and prefix keys/values)."""
 
     inputs: MethodInputs
     base: Base
     fmt: ChatFormat
-    features: FeatureCache
+    features: FeatureCache | PrefixCache
     console: Console | None = None
 
 
