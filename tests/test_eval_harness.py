@@ -163,6 +163,35 @@ def test_every_method_and_task_through_the_harness(tiny_base, dataset, tmp_path)
     assert by[("auto-long", "bo", "recognition")]["prefix"].startswith("Photos of <bo>: ")
 
 
+def test_each_photos_prefix_is_computed_once_for_every_concept_method_and_task(tiny_base, dataset, tmp_path):
+    """On the run's PrefixCache (what `yollava eval` passes) a test photo's prefix (system text, USER:, the
+    image) is computed once for both concepts, three methods and three image tasks, and the scores are
+    those of the full forward (a FeatureCache run)."""
+    from yollava.forward import PrefixCache
+
+    store = tmp_path / "concepts"
+    for name in ("bo", "mam"):
+        train_tiny_concept(tiny_base, store, name)
+    plan = plan_evaluation(dataset, ["bo", "mam"], ["recognition", "visual-qa", "text-qa", "caption"], ["soft-prompt", "vanilla", "description"],
+                           store=store, generation=True, max_new_tokens=3)
+    cache = PrefixCache(tiny_base)
+    cached = run_evaluation(plan, tiny_base, QUIET, features=cache)
+    # the 6 test photos; text questions have no image prefix to share and run whole (scoring.cache_for)
+    assert cache.stats.computed == len(cache) == 6
+    assert cache.stats.hits > 10 * cache.stats.computed
+    full = run_evaluation(plan, tiny_base, QUIET, features=FeatureCache(tiny_base))
+    for a, b in zip(cached, full):
+        assert (a["task"], a["method"], a["concept"]) == (b["task"], b["method"], b["concept"])
+        if a["task"] == "recognition":
+            for x, y in zip(a["items"], b["items"]):
+                assert x["logp_yes"] == pytest.approx(y["logp_yes"], abs=1e-4) and x["logp_no"] == pytest.approx(y["logp_no"], abs=1e-4)
+        if a["task"] in ("visual-qa", "text-qa"):
+            for x, y in zip(a["items"], b["items"]):
+                for ox, oy in zip(x["orders"], y["orders"]):
+                    assert ox["letter_logprobs"] == pytest.approx(oy["letter_logprobs"], abs=1e-4)
+                assert x["option_logliks"] == pytest.approx(y["option_logliks"], abs=1e-4)
+
+
 def test_auto_descriptions_are_reused_until_the_photos_change(tiny_base, dataset, tmp_path, monkeypatch):
     from yollava.methods import auto_description as auto
 

@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 from yollava.base import Base
 from yollava.evaluate.answers import mentions
 from yollava.evaluate.layout import TEST
-from yollava.evaluate.scoring import generate
+from yollava.evaluate.scoring import generate_batch
 from yollava.evaluate.task import Outcome, Task, TaskInputs
-from yollava.forward import FeatureCache
+from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
 from yollava.methods.personalization import MethodContext, Personalization, build_query, evaluation_template
 from yollava.prompts import ChatFormat
 
@@ -44,7 +44,7 @@ def score_captions(
     person: Personalization,
     positives: Sequence[str],
     negatives: Sequence[str],
-    features: FeatureCache,
+    features: FeatureCache | PrefixCache,
     progress: Callable[[int], None] | None = None,
     max_new_tokens: int | None = None,
 ) -> CaptionResult:
@@ -53,18 +53,20 @@ def score_captions(
     Args:
         positives: the subject's test photos.
         negatives: other subjects' test photos (may be empty: no false-mention rate then).
-        progress: called with 1 after each caption.
+        progress: called with the number of captions written after each batch.
         max_new_tokens: caption length (None: templates/evaluation.yaml's).
     """
     template = evaluation_template()["caption"]
     tokens = max_new_tokens or template["max_new_tokens"]
     per_image = []
-    for label, paths in ((True, positives), (False, negatives)):
-        for path in paths:
-            caption = generate(base, build_query(base, fmt, person, template["question"], path), features, tokens)
-            per_image.append({"image": str(path), "label": label, "caption": caption, "mentions": mentions(caption, person.identifier)})
-            if progress:
-                progress(1)
+    labelled = [(True, str(p)) for p in positives] + [(False, str(p)) for p in negatives]
+    for start in range(0, len(labelled), SCORE_BATCH):  # decoded a batch at a time, each photo's prefix from the shared cache
+        chunk = labelled[start : start + SCORE_BATCH]
+        captions = generate_batch(base, [build_query(base, fmt, person, template["question"], path) for _, path in chunk], features, tokens)
+        for (label, path), caption in zip(chunk, captions):
+            per_image.append({"image": path, "label": label, "caption": caption, "mentions": mentions(caption, person.identifier)})
+        if progress:
+            progress(len(chunk))
     pos = [r["mentions"] for r in per_image if r["label"]]
     neg = [r["mentions"] for r in per_image if not r["label"]]
     return CaptionResult(recall=sum(pos) / len(pos), false_mention=sum(neg) / len(neg) if neg else None,

@@ -24,9 +24,9 @@ from typing import Any, Callable, Sequence
 from yollava.base import Base
 from yollava.evaluate.answers import judge_choice
 from yollava.evaluate.qa_files import Question
-from yollava.evaluate.scoring import answer_loglik, first_answer_tokens, generate, next_token_scores
-from yollava.forward import FeatureCache
-from yollava.methods.personalization import Personalization, build_query
+from yollava.evaluate.scoring import answer_loglik, first_answer_tokens, generate_batch, next_token_scores_batch
+from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
+from yollava.methods.personalization import Personalization, Query, build_query
 from yollava.prompts import LETTERS, ChatFormat, multiple_choice_prompt
 
 GENERATION_TOKENS = 16
@@ -81,7 +81,7 @@ def score_multiple_choice(
     fmt: ChatFormat,
     person: Personalization,
     questions: Sequence[Question],
-    features: FeatureCache,
+    features: FeatureCache | PrefixCache,
     generation: bool = False,
     progress: Callable[[int], None] | None = None,
     max_new_tokens: int = GENERATION_TOKENS,
@@ -93,45 +93,54 @@ def score_multiple_choice(
         fmt: chat format.
         person: how the subject is given; its identifier replaces the questions' placeholder.
         questions: the subject's questions (``image`` set for visual QA, None for text QA).
-        features: the shared image-feature cache.
+        features: the run's shared cache (image features, prefix keys/values).
         generation: also score whole greedy answers to the letter prompt.
-        progress: called with 1 after each letter prompt.
+        progress: called with the number of letter prompts scored after each batch.
         max_new_tokens: length of the greedy answers.
     """
-    per_question: list[dict[str, Any]] = []
-    first_letter = 0
-    prompts = 0
-    for item in questions:
+    # every letter prompt of every question first, then scored (and answered) in batches: prompts
+    # about one photo share its cached prefix, and the progress moves batch by batch
+    asked: list[tuple[int, list[str], list[int], Query]] = []  # (question index, order, letter token ids, query)
+    posed = []
+    for index, item in enumerate(questions):
         question, options, correct = item.asked(person.identifier)
+        posed.append((item, question, options, correct))
         letters = list(LETTERS[: len(options)])
-        orders = []
         for order in rotations(options):
             text = letter_prompt(question, order)
-            token_ids = first_answer_tokens(base, fmt, person, text, letters)
-            query = build_query(base, fmt, person, text, item.image)
-            scores = next_token_scores(base, query, token_ids, features)
-            picked = max(range(len(order)), key=lambda i: scores[i])
-            record: dict[str, Any] = {"order": order, "letter_logprobs": dict(zip(letters, scores)), "predicted": letters[picked],
+            asked.append((index, order, first_answer_tokens(base, fmt, person, text, letters), build_query(base, fmt, person, text, item.image)))
+    orders: list[list[dict[str, Any]]] = [[] for _ in questions]
+    first_letter = 0
+    for start in range(0, len(asked), SCORE_BATCH):
+        chunk = asked[start : start + SCORE_BATCH]
+        scores = next_token_scores_batch(base, [query for *_, query in chunk], [ids for _, _, ids, _ in chunk], features)
+        answers = generate_batch(base, [query for *_, query in chunk], features, max_new_tokens) if generation else None
+        for row, ((index, order, _, _), letter_scores) in enumerate(zip(chunk, scores)):
+            correct = posed[index][3]
+            letters = list(LETTERS[: len(order)])
+            picked = max(range(len(order)), key=lambda i: letter_scores[i])
+            record: dict[str, Any] = {"order": order, "letter_logprobs": dict(zip(letters, letter_scores)), "predicted": letters[picked],
                                       "correct": order[picked] == correct}
-            if generation:
-                answer = generate(base, query, features, max_new_tokens)
-                chosen = judge_choice(answer, list(zip(letters, order)))
-                record.update(generated=answer, generated_choice=chosen,
+            if answers is not None:
+                chosen = judge_choice(answers[row], list(zip(letters, order)))
+                record.update(generated=answers[row], generated_choice=chosen,
                               generated_correct=chosen is not None and order[letters.index(chosen)] == correct)
             first_letter += picked == 0
-            prompts += 1
-            orders.append(record)
-            if progress:
-                progress(1)
+            orders[index].append(record)
+        if progress:
+            progress(len(chunk))
+    prompts = len(asked)
+    per_question: list[dict[str, Any]] = []
+    for (item, question, options, correct), asked_orders in zip(posed, orders):
         likelihoods = [answer_loglik(base, fmt, person, question, item.image, option, features) for option in options]
         best = max(range(len(options)), key=lambda i: likelihoods[i])
         entry: dict[str, Any] = {
             "subject": item.subject, "key": item.key, "image": item.image, "question": question, "options": options,
-            "correct_answer": correct, "letter": sum(o["correct"] for o in orders) / len(orders), "orders": orders,
+            "correct_answer": correct, "letter": sum(o["correct"] for o in asked_orders) / len(asked_orders), "orders": asked_orders,
             "option_logliks": dict(zip(options, likelihoods)), "likelihood": float(options[best] == correct),
         }
         if generation:
-            entry["generation"] = sum(o["generated_correct"] for o in orders) / len(orders)
+            entry["generation"] = sum(o["generated_correct"] for o in asked_orders) / len(asked_orders)
         per_question.append(entry)
     n = len(per_question)
     mean = lambda key: sum(q[key] for q in per_question) / n  # noqa: E731
