@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from yollava.bench import flops as F  # noqa: E402
 from yollava.bench.reference import ReferenceLoop, reference_logprobs  # noqa: E402
 from yollava.bench.scale import LLAVA_13B_LAYERS, add_decoder_layer, build_scale_base  # noqa: E402
-from yollava.concept import attach, concept_slots, init_concept  # noqa: E402
+from yollava.concept import attach, init_concept  # noqa: E402
 from yollava.config import ConceptConfig, HeadRows, ModelConfig  # noqa: E402
 from yollava.evaluate import YesNoScorer  # noqa: E402
 from yollava.forward import (  # noqa: E402
@@ -311,17 +311,21 @@ def run_concepts(base, args, console_print) -> dict:
     from rich.console import Console
 
     from yollava.bench.reference import save_reference_concept, train_reference_concept
-    from yollava.concept import ConceptTokens, load_concept
+    from yollava.concept import ConceptTokens, attached, load_concept
     from yollava.config import load_config
-    from yollava.data import NegativeSource, gather_images, prepare_training_set
-    from yollava.evaluate import recognition_accuracy, yollava_split
+    from yollava.data import NegativeSource
+    from yollava.evaluate.layout import TRAIN, open_benchmark
+    from yollava.evaluate.recognition import evaluate_concept
+    from yollava.methods.soft_prompt import concept_personalization
+    from yollava.prepare import build_samples, gather_inputs
     from yollava.train import encode_samples, train_concept
 
     console = Console(stderr=True, quiet=True)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     results = []
+    data = open_benchmark(args.data)  # the published layout: DIR/{train,test}/<name>/
     for name in args.concept:
-        positives = sorted((args.data / name / "train").glob("*.png"))[:5]
+        positives = [Path(p) for p in data.images(TRAIN, name)[:5]]
         pos_dir = work / "positives" / name
         pos_dir.mkdir(parents=True)
         for p in positives:
@@ -329,30 +333,28 @@ def run_concepts(base, args, console_print) -> dict:
         config = load_config(overrides=[f"model.name={args.model}", f"train.runs_dir={work / 'runs'}", "data.recipe=recognition", *args.set])
         source = NegativeSource(pool=str(args.data / "pool"), embedder="toy")
         # retrieval once before either clock starts (its embeddings are cached on disk): both recipes get the same negatives
-        image_sets = gather_images(name, pos_dir, work / "ours", source, config.data)
+        inputs = gather_inputs(name, pos_dir, source, work / "ours", config)
         wall, cpu = time.perf_counter(), time.process_time()
         ours = train_concept(config, name, pos_dir, source, store=work / "ours", overwrite=True, base=load_base(config.model), console=console)
         ours_s = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "epochs": len(ours.history)}
         # the reference trains on the very samples yollava built (stored with the concept), from the same seed
         ref_base = load_base(config.model)
         wall, cpu = time.perf_counter(), time.process_time()
-        samples, _ = prepare_training_set(ref_base, name, image_sets, work / "ours", config.data, config.prompt.template, console)
+        training_set = build_samples(inputs, ref_base, work / "ours", config, FeatureCache(ref_base), console)
         tokens = ConceptTokens(name, config.concept.k)
-        attach(ref_base, init_concept(ref_base, name, config.concept))  # the concept's tokens, so samples encode to its ids
-        encoded = encode_samples(ref_base, ChatFormat.load(config.prompt.template), tokens.soft_prompt, samples, config.train.max_length)
-        concept_slots(ref_base).remove(name)
-        reference = train_reference_concept(ref_base, config, name, encoded, image_sets.positives, image_sets.negatives,
+        with attached(ref_base, init_concept(ref_base, name, config.concept)):  # the concept's tokens, so samples encode to its ids
+            encoded = encode_samples(ref_base, ChatFormat.load(config.prompt.template), tokens.soft_prompt, training_set.samples, config.train.max_length)
+        images = inputs.images
+        reference = train_reference_concept(ref_base, config, name, encoded, images.positives, images.negatives,
                                             RecognitionBank.load().eval_prompt(tokens.identifier), tokens.soft_prompt)
         ref_s = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "epochs": len(reference.history)}
         save_reference_concept(reference, ref_base, work / "reference")
-        test_pos, test_neg = yollava_split(args.data, name)
+        test_pos, test_neg = data.test_split(name)
         scores = {}
         for label, store in (("yollava", work / "ours"), ("reference", work / "reference")):
             eval_base = load_base(config.model)
             artifact = load_concept(eval_base, store, name)
-            t = artifact.params.tokens
-            scores[label] = recognition_accuracy(eval_base, ChatFormat.load(config.prompt.template), t.soft_prompt,
-                                                 RecognitionBank.load().eval_prompt(t.identifier), test_pos, test_neg, PrefixCache(eval_base)).weighted
+            scores[label] = evaluate_concept(eval_base, concept_personalization(artifact.params.tokens), test_pos, test_neg, PrefixCache(eval_base)).weighted
         row = {"concept": name, "yollava": ours_s, "reference": ref_s, "test_weighted": scores,
                "ratio_wall": ref_s["wall_s"] / ours_s["wall_s"], "ratio_cpu": ref_s["cpu_s"] / ours_s["cpu_s"]}
         console_print(f"concept {name}: reference {ref_s['cpu_s']:.0f} s CPU ({ref_s['epochs']} epochs), yollava {ours_s['cpu_s']:.0f} s CPU "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -266,3 +267,17 @@ def test_benchmark_script_writes_every_report_applies_overrides_and_resumes(tiny
     assert again.returncode == 0 and "kept from" in again.stderr, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["concepts"] == report["concepts"]
     assert len(list((out / "work" / "runs" / first).glob("*/config.yaml"))) == 1  # not trained again
+
+
+def test_speed_bench_trains_both_recipes_end_to_end_on_a_toy_world_concept(tiny, tmp_path):
+    """scripts/bench_train.py --concept: yollava and the reference loop train the same concept and are scored on its test split."""
+    root = Path(__file__).resolve().parent.parent
+    first = json.loads((tiny / bench.BENCHMARK_FILE).read_text())["concepts"][0]
+    command = [sys.executable, str(root / "scripts" / "bench_train.py"), "--model", "tiny", "--steps", "1", "--batch-size", "2", "--images", "2",
+               "--concept", first, "--data", str(tiny), "--set", "train.epochs=1", "--json", str(tmp_path / "bench.json")]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row, = json.loads((tmp_path / "bench.json").read_text())["concepts"]["concepts"]
+    assert row["concept"] == first and row["reference"]["epochs"] == 1 and row["yollava"]["epochs"] == 1
+    assert row["ratio_cpu"] > 0 and all(0.0 <= row["test_weighted"][k] <= 1.0 for k in ("yollava", "reference"))
