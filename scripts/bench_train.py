@@ -314,15 +314,18 @@ def run_concepts(base, args, console_print) -> dict:
     from yollava.concept import ConceptTokens, attached, load_concept
     from yollava.config import load_config
     from yollava.data import NegativeSource
-    from yollava.evaluate import Prompting, evaluate_concept, yollava_split
+    from yollava.evaluate.layout import TRAIN, open_benchmark
+    from yollava.evaluate.recognition import evaluate_concept
+    from yollava.methods.soft_prompt import concept_personalization
     from yollava.prepare import build_samples, gather_inputs
     from yollava.train import encode_samples, train_concept
 
     console = Console(stderr=True, quiet=True)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     results = []
+    data = open_benchmark(args.data)  # the published layout: DIR/{train,test}/<name>/
     for name in args.concept:
-        positives = sorted((args.data / name / "train").glob("*.png"))[:5]
+        positives = [Path(p) for p in data.images(TRAIN, name)[:5]]
         pos_dir = work / "positives" / name
         pos_dir.mkdir(parents=True)
         for p in positives:
@@ -346,12 +349,12 @@ def run_concepts(base, args, console_print) -> dict:
                                             RecognitionBank.load().eval_prompt(tokens.identifier), tokens.soft_prompt)
         ref_s = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "epochs": len(reference.history)}
         save_reference_concept(reference, ref_base, work / "reference")
-        test_pos, test_neg = yollava_split(args.data, name)
+        test_pos, test_neg = data.test_split(name)
         scores = {}
         for label, store in (("yollava", work / "ours"), ("reference", work / "reference")):
             eval_base = load_base(config.model)
             artifact = load_concept(eval_base, store, name)
-            scores[label] = evaluate_concept(eval_base, Prompting.soft_prompt(artifact.params.tokens), test_pos, test_neg, PrefixCache(eval_base)).weighted
+            scores[label] = evaluate_concept(eval_base, concept_personalization(artifact.params.tokens), test_pos, test_neg, PrefixCache(eval_base)).weighted
         row = {"concept": name, "yollava": ours_s, "reference": ref_s, "test_weighted": scores,
                "ratio_wall": ref_s["wall_s"] / ours_s["wall_s"], "ratio_cpu": ref_s["cpu_s"] / ours_s["cpu_s"]}
         console_print(f"concept {name}: reference {ref_s['cpu_s']:.0f} s CPU ({ref_s['epochs']} epochs), yollava {ours_s['cpu_s']:.0f} s CPU "

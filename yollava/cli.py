@@ -273,41 +273,91 @@ def chat(
 
 @app.command("eval")
 def evaluate(
-    concept: str = typer.Option(..., "--concept", help="concept to evaluate"),
-    data: Path = typer.Option(..., "--data", help="dataset in the Yo'LLaVA layout: DIR/<subject>/test/*"),
-    subject: Optional[str] = typer.Option(None, "--subject", help="the concept's subject folder (default: the concept name)"),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concept's own base)"),
+    concept: List[str] = typer.Option(..., "--concept", help="concept / subject to evaluate (repeat for several); its photos are DIR/{train,test}/NAME"),
+    data: Path = typer.Option(..., "--data", help="dataset in the published Yo'LLaVA layout: DIR/{train,test}/<subject>/"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="recognition | visual-qa | text-qa | caption | all (repeat for several; default recognition)"),
+    qa: Optional[List[Path]] = typer.Option(None, "--qa", help="a visual or text-only QA file (default: DIR/yollava-visual-qa.json, DIR/yollava-text-only-qa.json)"),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="soft-prompt | vanilla | description | auto-long | auto-short | in-context | all (repeat; default soft-prompt)"),
+    refs: int = typer.Option(1, "--refs", help="reference photos per query for --method in-context (the first N of DIR/train/NAME)"),
+    descriptions: Optional[Path] = typer.Option(None, "--descriptions", help="JSON subject -> description for --method description (default: DIR/descriptions.json)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write one record per (task, method, concept) here, with per-item details"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concepts' own base)"),
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
-    generation: bool = typer.Option(True, "--generation/--no-generation", help="also score greedy answers (any answer that is not Yes/No counts as wrong)"),
+    generation: bool = typer.Option(True, "--generation/--no-generation", help="also score whole greedy answers (any answer that is not a coherent yes/no or an option counts wrong)"),
+    caption_negatives: int = typer.Option(1, "--caption-negatives", help="test photos per other subject captioned for the caption false-mention rate"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="cap on every generated answer (default: each task's own length)"),
 ) -> None:
-    """Recognition accuracy: the subject's test photos are positives, other subjects' negatives."""
-    from yollava.evaluate import Prompting, evaluate_concept, yollava_split
+    """Score concepts on the Yo'LLaVA benchmark tasks, for every way of giving the model a subject.
+
+    Recognition: the subject's test photos are positives, other subjects' negatives. Visual / text QA:
+    multiple choice, every option order. Caption: recall of the identifier and false mentions.
+    """
+    from yollava.config import load_config
+    from yollava.evaluate.harness import plan_evaluation, run_evaluation
     from yollava.forward import make_cache
-    from yollava.progress import progress_bar
+    from yollava.models import load_base
     from yollava.prompts import ChatFormat
     from yollava.storage import write_json_atomic
 
-    positives, negatives = yollava_split(data, subject or concept)
-    base, artifacts, cfg = _load_for_chat(model, [concept], store)
-    with progress_bar(err) as progress:
-        task = progress.add_task("eval", total=len(positives) + len(negatives), info="")
-        result = evaluate_concept(
-            base, Prompting.soft_prompt(artifacts[0].params.tokens), positives, negatives, make_cache(base, cfg.train),
-            ChatFormat.load(cfg.prompt.template), generation=generation, progress=lambda n: progress.update(task, advance=n),
-        )
-    table = Table(title=f"recognition: <{concept}> on {data}")
-    for column in ("scoring", "positive", "negative", "weighted", "n pos", "n neg"):
-        table.add_column(column)
-    table.add_row("yes/no log-prob", f"{result.positive:.3f}", f"{result.negative:.3f}", f"{result.weighted:.3f}", str(result.n_positive), str(result.n_negative))
-    if result.generation:
-        g = result.generation
-        table.add_row("generation", f"{g['positive']:.3f}", f"{g['negative']:.3f}", f"{g['weighted']:.3f}", str(result.n_positive), str(result.n_negative))
+    _flush_denormals()
+    plan = plan_evaluation(data, list(concept), task, method, list(qa or []), store, refs, descriptions, generation, caption_negatives, max_new_tokens)
+    name = model or plan.concept_base
+    cfg = load_config(overrides=[f"model.name={name}"] if name else None)
+    base = load_base(cfg.model)
+    # one cache for the whole run (train.prefix_cache*: image features and prefix keys/values), so
+    # every test photo's prefix is computed once for every task, method and concept
+    records = run_evaluation(plan, base, err, ChatFormat.load(cfg.prompt.template), make_cache(base, cfg.train))
+    if len(plan.subjects) == 1:
+        table = Table(title=f"<{plan.subjects[0]}> on {data} ({base.model_id})")
+        for column in ("method", "task", "accuracy", "details", "n", "tokens"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(r["method"], r["task"], f"{r['accuracy']:.3f}", _details(r), str(r["n_questions"]), str(r["tokens_per_query"]))
+    else:
+        table = Table(title=f"{len(plan.subjects)} concepts on {data} ({base.model_id}): means over concepts (every record in --json)")
+        for column in ("method", "task", "accuracy", "min", "max", "tokens"):
+            table.add_column(column)
+        for name in plan.methods:
+            for task_name in plan.tasks:
+                rows = [r for r in records if r["method"] == name and r["task"] == task_name]
+                values = [r["accuracy"] for r in rows]
+                table.add_row(name, task_name, f"{sum(values) / len(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}",
+                              f"{sum(r['tokens_per_query'] for r in rows) / len(rows):.0f}")
     out.print(table)
     if json_path is not None:
-        payload = {"concept": concept, "subject": subject or concept, "data": str(data), **result.summary(), "per_image": result.per_image}
-        write_json_atomic(json_path, payload)
-        err.print(f"wrote {json_path}")
+        write_json_atomic(json_path, records)
+        err.print(f"wrote {len(records)} results to {json_path}")
+
+
+def _details(record: dict) -> str:
+    """The secondary numbers of a result, for the eval command's table."""
+    m = record["metrics"]
+    if record["task"] == "recognition":
+        text = f"pos {m['positive']:.3f} neg {m['negative']:.3f}"
+        if m.get("generation"):
+            text += f"; generated {m['generation']['weighted']:.3f} (coherent {m['generation']['coherent']:.2f})"
+        return text
+    if record["task"] == "caption":
+        fm = m.get("false_mention")
+        return "false mentions " + ("-" if fm is None else f"{fm:.3f} of {m['n_negative']}")
+    text = f"likelihood {m['likelihood']:.3f}; 'A' rate {m['first_letter_rate']:.2f}"
+    if m.get("generation") is not None:
+        text += f"; generated {m['generation']:.3f}"
+    return text
+
+
+@app.command()
+def report(
+    results: List[Path] = typer.Argument(..., help="results files written by `yollava eval --json`"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for table.md, table.json, records.json and recognition_vs_tokens.png"),
+    title: str = typer.Option("", "--title", help="heading of the markdown table"),
+) -> None:
+    """The paper's Table 5 from evaluation results: methods as columns, means over concepts, and a recognition-vs-tokens plot."""
+    from yollava.evaluate.report import load_records, write_report
+
+    paths = write_report(load_records(results), out_dir, title)
+    out.print(paths["markdown"].read_text(encoding="utf-8"), markup=False, highlight=False)
+    err.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: a procedural personalization benchmark that runs on a CPU.")

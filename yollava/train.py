@@ -16,14 +16,15 @@ from rich.console import Console
 
 import yollava
 from yollava.base import Base
+from yollava.batching import epoch_batches
 from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
-from yollava.evaluate.recognition import Prompting, RecognitionResult, evaluate_concept
-from yollava.batching import epoch_batches
+from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
 from yollava.forward import FeatureCache, ImageRef, PrefixCache, collate, make_cache, prefix_items, split_lengths, supervised_loss
 from yollava.images import file_sha256
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.plots import plot_training_history
 from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_inputs
@@ -373,7 +374,7 @@ def _train_epochs(
 
             scoring = progress.add_task(f"score epoch {epoch + 1}", total=len(images.positives) + len(images.negatives), info="")
             result = evaluate_concept(
-                base, Prompting.soft_prompt(params.tokens), images.positives, images.negatives, cache, fmt,
+                base, concept_personalization(params.tokens), images.positives, images.negatives, cache, fmt,
                 generation=config.train.eval_generation, progress=lambda n: progress.update(scoring, advance=n),
                 require_negatives=False,
             )
