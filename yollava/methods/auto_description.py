@@ -94,36 +94,39 @@ def _write_cache(store: str | Path, subject: str, record: dict[str, Any]) -> Non
         log.warning("auto description of '%s' not cached (%s)", subject, exc)
 
 
-class AutoLong(Method):
-    """The base's captions of every training photo, concatenated, before the question."""
-
-    name = "auto-long"
+class _AutoDescription(Method):
+    """A description the base writes itself from the subject's training photos (cached with the concept)."""
 
     def check(self, inputs: MethodInputs, subject: str) -> None:
         inputs.train_images(subject)
 
+    def _record(self, ctx: MethodContext, subject: str) -> tuple[dict[str, Any], str]:
+        """The cached (or newly generated) captions and summary, and the plain name the prompt uses."""
+        return auto_description_record(ctx, subject), plain_name(ctx.base, subject)
+
+
+class AutoLong(_AutoDescription):
+    """The base's captions of every training photo, concatenated, before the question."""
+
+    name = "auto-long"
+
     @contextmanager
     def personalize(self, ctx: MethodContext, subject: str) -> Iterator[Personalization]:
-        record = auto_description_record(ctx, subject)
-        identifier = plain_name(ctx.base, subject)
+        record, identifier = self._record(ctx, subject)
         captions = " ".join(c.strip() for c in record["captions"])
         prefix = evaluation_template()["auto_description"]["long_prefix"].replace("{name}", identifier).replace("{captions}", captions)
         yield Personalization(method=self.name, subject=subject, identifier=identifier, prefix=prefix,
                               info={"captions": record["captions"]})
 
 
-class AutoShort(Method):
+class AutoShort(_AutoDescription):
     """The base's one-sentence summary of its captions, as a description before the question."""
 
     name = "auto-short"
 
-    def check(self, inputs: MethodInputs, subject: str) -> None:
-        inputs.train_images(subject)
-
     @contextmanager
     def personalize(self, ctx: MethodContext, subject: str) -> Iterator[Personalization]:
-        record = auto_description_record(ctx, subject)
-        identifier = plain_name(ctx.base, subject)
+        record, identifier = self._record(ctx, subject)
         summary = record["summary"].strip() or "a subject"
         yield Personalization(method=self.name, subject=subject, identifier=identifier, prefix=description_prefix(summary, identifier),
                               info={"summary": record["summary"], "captions": record["captions"]})
