@@ -53,6 +53,8 @@ DATA_DIR = "data"
 # a concept's mined negatives: <store>/<name>/negatives/ (yollava.retrieval.mine writes and reads it)
 NEGATIVES_DIR = "negatives"
 DATA_INFO = "training_set.json"
+# photos uploaded through `yollava serve`, by content hash (hidden: never listed as a concept)
+UPLOADS_DIR = ".uploads"
 
 # Names of the protocol's own files next to a target ``<parent>/<name>``.
 STAGING_INFIX = ".tmp-"
