@@ -161,7 +161,7 @@ class Page:
         else:
             return f"'{name}' is no longer in the store."
         if card.status.startswith("damaged"):
-            return f"### {name} — damaged\n\n{card.status.removeprefix('damaged: ')}\n\nRemove it, or teach it again with *replace* ticked."
+            return _escape(f"### {name} — damaged\n\n{card.status.removeprefix('damaged: ')}\n\nRemove it, or teach it again with *replace* ticked.")
         lines = [f"### <{name}>", f"- trained {card.trained} on base **{card.base}**, k = {card.k}, from {card.photos} photo(s)"]
         if card.weighted is not None:
             lines.append(f"- training recognition (weighted) **{card.weighted:.3f}**, best epoch {card.best_epoch} of {card.epochs_run or '?'}"
@@ -169,8 +169,8 @@ class Page:
         if not card.usable:
             lines.append(f"- cannot be used on this server: {card.status.removeprefix('other base: ')}")
         else:
-            lines.append(f"- ask about it in **Chat** as `<{name}>`, e.g. *Is <{name}> in this photo?*")
-        return "\n".join(lines)
+            lines.append(f"- ask about it in **Chat** as <{name}>, e.g. *Is <{name}> in this photo?*")
+        return _escape("\n".join(lines))
 
     def pick(self, names: list[str], event: gr.SelectData) -> Any:
         index = event.index if isinstance(event.index, int) else (event.index[0] if event.index else 0)
@@ -179,12 +179,12 @@ class Page:
     def ask_remove(self, name: str | None) -> tuple[Any, str]:
         if not name:
             raise YollavaError("choose a concept to remove first")
-        return gr.update(visible=True), f"Remove **<{name}>**? Its rows, training set and uploaded photos are deleted; this cannot be undone."
+        return gr.update(visible=True), _escape(f"Remove **<{name}>**? Its rows, training set and uploaded photos are deleted; this cannot be undone.")
 
     def remove(self, name: str | None) -> str:
         if not name:
             raise YollavaError("choose a concept to remove first")
-        return self.server.remove(name)
+        return _escape(self.server.remove(name))
 
     # ---------------------------------------------------------------- teach
 
@@ -203,18 +203,18 @@ class Page:
         note = f"{count} photo(s) ready" + ("" if MIN_PHOTOS <= count <= MAX_PHOTOS else f" — teach from {MIN_PHOTOS} to {MAX_PHOTOS}")
         if refused:
             note += f"; {len(refused)} refused: " + "; ".join(refused)
-        return preview, note
+        return preview, _escape(note)
 
     def teach(self, name: str, files: Any, negatives: str, epochs: float, replace: bool) -> str:
         job = self.server.teach((name or "").strip(), _files(files), negatives, int(epochs) if epochs is not None else 0, bool(replace))
         ahead = sum(1 for j in self.server.queue.snapshot() if not j.state.finished and j.id < job.id)
         where = "training starts now" if ahead == 0 else f"{ahead} job(s) ahead of it"
-        return f"queued <{job.name}> as job {job.id} ({job.spec.photos} photos, {job.spec.epochs} epochs): {where}. Chat stays available meanwhile."
+        return _escape(f"queued <{job.name}> as job {job.id} ({job.spec.photos} photos, {job.spec.epochs} epochs): {where}. Chat stays available meanwhile.")
 
     def cancel(self, job_id: Any) -> str:
         if job_id in (None, ""):
             raise YollavaError("no training job to cancel")
-        return self.server.queue.cancel(int(job_id))
+        return _escape(self.server.queue.cancel(int(job_id)))
 
     def status(self) -> dict[str, Any]:
         """The training queue as plain data (what the page draws each second; also the API's view)."""
@@ -239,10 +239,12 @@ class Page:
         if refresh:
             gallery, details, concept_choice, names = self.concepts()
             usable = self.server.assistant.chat_names()
-            keep = [n for n in (chat_names or []) if n in usable]
-            outputs += [gallery, details, gr.update(choices=names, value=concept_name if concept_name in names else (names[0] if names else None)),
+            trained = [j.name for j in jobs if j.state == JobState.done and j.name in usable]
+            latest = trained[-1] if trained else (usable[0] if usable else None)
+            keep = [n for n in (chat_names or []) if n in usable] or ([latest] if latest else [])
+            outputs += [gallery, details, gr.update(choices=names, value=concept_name if concept_name in names else (latest or (names[0] if names else None))),
                         names, gr.update(choices=usable, value=keep),
-                        gr.update(choices=usable, value=compare_name if compare_name in usable else (usable[0] if usable else None))]
+                        gr.update(choices=usable, value=compare_name if compare_name in usable else latest)]
         else:
             outputs += [gr.skip()] * 6
         return tuple(outputs)
@@ -441,7 +443,7 @@ def build_app(server: WebServer) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         chat_concepts = gr.Dropdown(usable0, value=usable0[:1], multiselect=True, label="talk about", allow_custom_value=True, elem_id="yl-chat-concepts")
-                        chat_photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="photo (optional)", height=240)
+                        chat_photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="photo (optional)", height=240, elem_id="yl-chat-photo")
                         reset = gr.Button("New conversation", size="sm")
                     with gr.Column(scale=2):
                         chatbot = gr.Chatbot(label="yollava", height=380, elem_id="yl-chatbot", feedback_options=None)
@@ -460,7 +462,7 @@ def build_app(server: WebServer) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         compare_concept = gr.Dropdown(usable0, value=usable0[0] if usable0 else None, label="concept", allow_custom_value=True)
-                        compare_photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="photo", height=240)
+                        compare_photo = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="photo", height=240, elem_id="yl-compare-photo")
                         compare_question = gr.Textbox(value=_compare_question(usable0[0] if usable0 else None), label="question", elem_id="yl-compare-question")
                         refs = gr.Slider(1, MAX_REFERENCES, value=1, step=1, label="reference photos for in-context")
                         compare_go = gr.Button("Compare", variant="primary", elem_id="yl-compare")
