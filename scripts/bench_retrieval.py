@@ -88,9 +88,9 @@ def toy_acceptance(bench: Path, weights: Path | None, console: Console) -> None:
         console.print(f"embedded the pool in {time.perf_counter() - start:.1f} s ({len(backend)} images)")
         sums = {name: [0.0, 0.0] for name in tests}
         n_total = 0
-        for folder in sorted(d for d in bench.iterdir() if (d / "subject.json").is_file()):
+        for folder in sorted(d for d in (bench / "subjects").iterdir() if (d / "subject.json").is_file()):
             subject = json.loads((folder / "subject.json").read_text())
-            result = retrieve_hard_negatives(folder.name, folder / "train", backend, embedder, store=Path(tmp) / "store",
+            result = retrieve_hard_negatives(folder.name, bench / "train" / folder.name, backend, embedder, store=Path(tmp) / "store",
                                              n_easy=0, cache_dir=Path(tmp) / "cache", progress=False)
             hard = [attributes[r.source] for r in result.records]
             rates = {name: (np.mean([f(a, subject) for a in hard]), np.mean([f(a, subject) for a in attributes.values()]))

@@ -30,8 +30,11 @@ from yollava.base import Base  # noqa: E402
 from yollava.concept import detach, load_concept  # noqa: E402
 from yollava.config import load_config  # noqa: E402
 from yollava.data import NegativeSource  # noqa: E402
-from yollava.evaluate import Prompting, evaluate_concept, yollava_split  # noqa: E402
-from yollava.forward import FeatureCache  # noqa: E402
+from yollava.evaluate.layout import TRAIN, open_benchmark  # noqa: E402
+from yollava.evaluate.recognition import evaluate_concept  # noqa: E402
+from yollava.forward import PrefixCache  # noqa: E402
+from yollava.methods.personalization import Personalization, description_prefix, plain_name  # noqa: E402
+from yollava.methods.soft_prompt import concept_personalization  # noqa: E402
 from yollava.models import load_base  # noqa: E402
 from yollava.storage import write_json_atomic, write_text_atomic  # noqa: E402
 from yollava.toyworld.benchmark import read_benchmark  # noqa: E402
@@ -57,10 +60,10 @@ def concept_config(name: str, work: Path, args: argparse.Namespace):
     return load_config(overrides=overrides)
 
 
-def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, base: Base, features: FeatureCache, console: Console) -> dict:
+def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, base: Base, features: PrefixCache, console: Console) -> dict:
     """Train one concept on the shared base, score it on the test split, then detach it."""
-    subject = json.loads((data / name / "subject.json").read_text())
-    positives = sorted((data / name / "train").glob("*.png"))[: args.positives]
+    subject = json.loads((data / "subjects" / name / "subject.json").read_text())
+    positives = sorted((data / TRAIN / name).glob("*.png"))[: args.positives]
     pos_dir = link_folder(work / "positives" / name, positives)
     config = concept_config(name, work, args)
     if args.retrieval:
@@ -70,26 +73,28 @@ def run_concept(name: str, data: Path, work: Path, args: argparse.Namespace, bas
         sample = random.Random(f"{args.seed}-{name}").sample(pool, args.negatives)
         source = NegativeSource(folder=str(link_folder(work / "negatives" / name, sample)))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, base=base, console=console)
+    result = train_concept(config, name, pos_dir, source, store=work / "concepts", overwrite=True, base=base, console=console)
     train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
 
     artifact = load_concept(base, work / "concepts", name)
-    test_pos, test_neg = yollava_split(data, name)
+    test_pos, test_neg = open_benchmark(data).test_split(name)
     try:
-        trained = evaluate_concept(base, Prompting.soft_prompt(artifact.params.tokens), test_pos, test_neg, features)
+        trained = evaluate_concept(base, concept_personalization(artifact.params.tokens), test_pos, test_neg, features)
     finally:
         detach(base, name)
-    # vanilla: the same question about the concept by its plain name, no soft prompt
-    vanilla = evaluate_concept(base, Prompting.vanilla(name), test_pos, test_neg, features)
-    # prompting baseline: the subject's true description in the prompt under a name (the toy tokenizer
-    # knows no concept names, so the toy model gets one of its placeholder names)
-    called = "<x00>" if args.model == "toy" else name
-    described = evaluate_concept(base, Prompting.described(called, subject["description"]), test_pos, test_neg, features)
+    # vanilla: the same question about the concept by a plain name, no soft prompt; the toy tokenizer
+    # cannot spell <name>, so the toy model gets one of its free name tokens (plain_name)
+    plain = base.plain()  # its tokenizer predates the concept, so <name> is plain text again
+    called = plain_name(plain, name)
+    vanilla = evaluate_concept(plain, Personalization("vanilla", name, called), test_pos, test_neg, features)
+    # prompting baseline: the subject's true description in the prompt under that name
+    prefix = description_prefix(subject["description"], called)
+    described = evaluate_concept(plain, Personalization("description", name, called, prefix=prefix), test_pos, test_neg, features)
     return {
         "concept": name, "lookalike_of": subject.get("lookalike_of"), "differs_in": subject.get("differs_in"),
         "description": subject.get("description"),
         "trained": trained.summary(), "vanilla": vanilla.summary(), "described": described.summary(),
-        "train_cpu_s": train_cpu, "train_wall_s": train_wall,
+        "train_cpu_s": train_cpu, "train_wall_s": train_wall, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
     }
 
 
@@ -112,6 +117,7 @@ def summarize(results: list[dict]) -> dict:
         "lookalikes_weighted_mean": mean(look, "weighted"), "others_weighted_mean": mean(plain, "weighted"),
         "train_cpu_s_mean": statistics.fmean(r["train_cpu_s"] for r in results),
         "train_wall_s_mean": statistics.fmean(r["train_wall_s"] for r in results),
+        "epochs_run_mean": statistics.fmean(r["epochs_run"] for r in results) if all("epochs_run" in r for r in results) else None,
     }
 
 
@@ -195,7 +201,7 @@ def main() -> None:
         # one base trains and scores every concept in turn (each is detached after it is scored);
         # the test photos' features are computed once for all of them
         base = load_base(concept_config(names[0], args.out / "work", args).model) if names else None
-        features = FeatureCache(base) if base is not None else None
+        features = PrefixCache(base) if base is not None else None
         done = {r["concept"]: r for r in json.loads(partial.read_text())} if args.resume and partial.is_file() else {}
         results = []
         for index, name in enumerate(names, 1):

@@ -12,6 +12,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # as the CLI does (yollava.progress)
+# Subprocesses (scripts, `python -m yollava.cli`) import this checkout's yollava, not an installed
+# copy of another one (an editable install of a second worktree would otherwise answer for it).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 from pathlib import Path
 

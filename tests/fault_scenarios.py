@@ -180,20 +180,32 @@ def toy_command(ws: Path) -> None:
 def toy_fingerprint(ws: Path) -> Hashable:
     import json
 
-    from yollava.toyworld.benchmark import POOL_DIR, POOL_INDEX_FILE, read_benchmark
-    from yollava.storage import settle
+    from yollava.evaluate.layout import SPLITS, open_benchmark
+    from yollava.evaluate.qa_files import read_qa_file
+    from yollava.methods.description import read_descriptions
+    from yollava.toyworld.benchmark import (
+        DESCRIPTIONS, POOL_DIR, POOL_INDEX_FILE, QA_TEXT_FILE, QA_VISUAL_FILE, SCENES_FILE, SUBJECT_FILE, SUBJECTS_DIR, read_benchmark,
+    )
 
     summary = read_benchmark(ws / "bench")
-    folder = settle(ws / "bench")
+    # the published-layout reader behind every --data (yollava eval, train's photos): recovery, then DIR/{train,test}/<subject>/
+    benchmark = open_benchmark(ws / "bench")
+    folder = benchmark.root
     # a reader of the benchmark uses every file its summary promises
     listed = [json.loads(line)["path"] for line in (folder / POOL_DIR / POOL_INDEX_FILE).read_text().splitlines()]
     assert len(listed) == summary["pool_size"] and all((folder / POOL_DIR / p).is_file() for p in listed)
-    for concept in summary["concepts"]:
-        for split in ("train", "test"):
-            assert len(list((folder / concept / split).glob("*.png"))) == summary[f"n_{split}"]
-        for name in ("subject.json", "scenes.jsonl", "qa_text.json", "qa_visual.json"):
-            json.loads((folder / concept / name).read_text().splitlines()[0] if name.endswith("l") else (folder / concept / name).read_text())
-    return summary["seed"], tuple(summary["concepts"])
+    concepts = summary["concepts"]
+    for concept in concepts:
+        for split in SPLITS:
+            assert len(benchmark.images(split, concept)) == summary[f"n_{split}"]
+        json.loads((folder / SUBJECTS_DIR / concept / SUBJECT_FILE).read_text())
+        json.loads((folder / SUBJECTS_DIR / concept / SCENES_FILE).read_text().splitlines()[0])
+    # both QA files as yollava eval reads them (schema checked, every image resolved), and the descriptions
+    text = read_qa_file(folder / QA_TEXT_FILE, benchmark, concepts)
+    visual = read_qa_file(folder / QA_VISUAL_FILE, benchmark, concepts)
+    assert all(text.for_subject(c) and visual.for_subject(c) for c in concepts)
+    assert set(read_descriptions(folder / DESCRIPTIONS)) == set(concepts)
+    return summary["seed"], tuple(concepts)
 
 
 # ----------------------------------------------------------------------------- train's final save

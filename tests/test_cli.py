@@ -51,8 +51,8 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     pos, neg = image_dirs
     data = tmp_path / "data"
     for i in range(2):
-        make_image(data / "bo" / "test" / f"t{i}.png", (220, 40, 40))
-        make_image(data / "other" / "test" / f"o{i}.png", (40, 220, 40), shape="square")
+        make_image(data / "test" / "bo" / f"t{i}.png", (220, 40, 40))
+        make_image(data / "test" / "other" / f"o{i}.png", (40, 220, 40), shape="square")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     exe = [sys.executable, "-m", "yollava.cli"]
 
@@ -74,17 +74,22 @@ def test_end_to_end_subprocess(tmp_path, image_dirs):
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip()  # the random tiny model says something; its content is meaningless
 
-    result = run("eval", "--concept", "bo", "--data", str(data), "--json", str(tmp_path / "eval.json"))
+    result = run("eval", "--concept", "bo", "--data", str(data), "--json", str(tmp_path / "eval.json"), "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((tmp_path / "eval.json").read_text())
+    (record,) = json.loads((tmp_path / "eval.json").read_text())
+    assert (record["task"], record["method"], record["concept"], record["n_questions"]) == ("recognition", "soft-prompt", "bo", 4)
+    metrics = record["metrics"]
     assert metrics["n_positive"] == 2 and metrics["n_negative"] == 2
-    assert metrics["weighted"] == pytest.approx(0.5 * metrics["positive"] + 0.5 * metrics["negative"])
-    assert "weighted" in result.stdout and "generation" in result.stdout
+    assert record["accuracy"] == metrics["weighted"] == pytest.approx(0.5 * metrics["positive"] + 0.5 * metrics["negative"])
+    assert "recognition" in result.stdout and "generated" in result.stdout
     generation = metrics["generation"]
     # the random tiny model rarely says Yes/No: such answers must count as wrong, never be dropped
     correct = generation["positive"] * 2 + generation["negative"] * 2
     assert correct + generation["other"] <= 4
-    assert len(metrics["per_image"]) == 4 and all("generated" in r for r in metrics["per_image"])
+    assert len(record["items"]) == 4 and all("generated" in r for r in record["items"])
+    report = run("report", str(tmp_path / "eval.json"), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert "recognition: **weighted**" in (tmp_path / "report" / "table.md").read_text()
 
     listing = run("concepts", "list")
     assert listing.returncode == 0 and "bo" in listing.stdout and "tiny" in listing.stdout
@@ -204,8 +209,8 @@ def test_missing_concept_in_chat_and_eval(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["chat", "--concept", "ghost", "--prompt", "hi", "--model", "tiny"], capsys, monkeypatch, tmp_path)
     assert_user_error(code, err, "concept 'ghost' not found")
     data = tmp_path / "data"
-    make_image(data / "ghost" / "test" / "a.png", (1, 2, 3))
-    make_image(data / "other" / "test" / "b.png", (3, 2, 1))
+    make_image(data / "test" / "ghost" / "a.png", (1, 2, 3))
+    make_image(data / "test" / "other" / "b.png", (3, 2, 1))
     code, _, err = run_cli(["eval", "--concept", "ghost", "--data", str(data)], capsys, monkeypatch, tmp_path)
     assert_user_error(code, err, "concept 'ghost' not found")
 
@@ -213,9 +218,12 @@ def test_missing_concept_in_chat_and_eval(tmp_path, capsys, monkeypatch):
 def test_eval_data_problems(trained, capsys, monkeypatch):
     code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(trained / "nodata")], capsys, monkeypatch, trained)
     assert_user_error(code, err, "--data", "no such directory")
-    make_image(trained / "data" / "someone" / "test" / "a.png", (1, 2, 3))
+    make_image(trained / "data" / "test" / "someone" / "a.png", (1, 2, 3))
     code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(trained / "data")], capsys, monkeypatch, trained)
-    assert_user_error(code, err, "no bo/test/ folder", "--subject")
+    assert_user_error(code, err, "no test/bo/ folder", "subjects in test/: someone")
+    make_image(trained / "old" / "bo" / "test" / "a.png", (1, 2, 3))
+    code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(trained / "old")], capsys, monkeypatch, trained)
+    assert_user_error(code, err, "subject-first layout", "test/bo/")
 
 
 def test_chat_image_that_is_not_an_image(trained, capsys, monkeypatch):
@@ -252,3 +260,74 @@ def test_retrieval_options_are_checked(tmp_path, image_dirs, capsys, monkeypatch
     assert_user_error(code, err, "--service needs --index-name")
     code, _, err = run_cli(["retrieve", "--concept", "bo", "--images", str(image_dirs[0]), "--pool", str(tmp_path / "nope"), "--embedder", "tiny"], capsys, monkeypatch, tmp_path)
     assert_user_error(code, err, "nope")
+
+
+@pytest.fixture
+def eval_workspace(tmp_path, tiny_base):
+    """A tiny concept 'bo' in ./concepts (saved untrained: the eval mechanics, fast) and a dataset in the
+    published layout with both QA files."""
+    from test_eval_files import TEXT, VISUAL, published_layout, write
+    from test_eval_harness import train_tiny_concept
+
+    train_tiny_concept(tiny_base, tmp_path / "concepts", "bo")
+    data = published_layout(tmp_path / "yollava-data")
+    write(tmp_path / "visual.json", VISUAL)
+    write(tmp_path / "text.json", TEXT)
+    return tmp_path, data
+
+
+def _no_model(monkeypatch):
+    """Bad input must fail before the (slow) model load."""
+    import yollava.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(yollava.models, "load_base", refuse)
+
+
+@pytest.mark.parametrize("extra, build, fragments", [
+    (["--task", "visual-qa", "--qa", "bad.json"], lambda w: (w / "bad.json").write_text('{"bo": {"x.png": {"question": 1}}}'),
+     ("bad.json: entry 'bo' -> 'x.png'", "'question' must be a non-empty string")),
+    (["--task", "text-qa", "--qa", "nojson.json"], lambda w: (w / "nojson.json").write_text("{oops"), ("nojson.json", "not valid JSON")),
+    (["--task", "visual-qa", "--qa", "nobo.json"], lambda w: (w / "nobo.json").write_text(json.dumps({"mam": {"./d/test/mam/0.png": {"question": "q", "options": {"A": "a", "B": "b"}, "correct_answer": "A"}}})),
+     ("no questions about 'bo'",)),
+    (["--task", "visual-qa", "--qa", "lost.json"], lambda w: (w / "lost.json").write_text(json.dumps({"bo": {"./d/test/bo/9.png": {"question": "q", "options": {"A": "a", "B": "b"}, "correct_answer": "A"}}})),
+     ("entry 'bo' -> './d/test/bo/9.png'", "does not exist")),
+    (["--task", "visual-qa"], lambda w: None, ("--task visual-qa needs a QA file",)),
+    (["--task", "visual-qa", "--qa", "text.json"], lambda w: None, ()),
+    (["--method", "description"], lambda w: None, ("--method description needs --descriptions FILE",)),
+    (["--method", "description", "--descriptions", "d.json"], lambda w: (w / "d.json").write_text('{"mam": "a cat"}'), ("no description for 'bo'",)),
+    (["--method", "in-context", "--refs", "4"], lambda w: None, ("--refs 4", "train/bo/ has only 3 photo(s)")),
+    (["--method", "nope"], lambda w: None, ("--method nope: unknown method",)),
+    (["--task", "nope"], lambda w: None, ("--task nope: unknown task",)),
+    (["--concept", "bo"], lambda w: None, ("given twice",)),
+])
+def test_eval_bad_input_is_one_line_and_writes_nothing(eval_workspace, capsys, monkeypatch, extra, build, fragments):
+    workspace, data = eval_workspace
+    build(workspace)
+    _no_model(monkeypatch)
+    args = ["eval", "--concept", "bo", "--data", str(data), "--json", "out.json", *extra]
+    code, _, err = run_cli(args, capsys, monkeypatch, workspace)
+    if extra[-1] == "text.json":
+        # a text-only file given to the visual task runs as text QA's file: the visual task then has none
+        fragments = ("--task visual-qa needs a QA file",)
+    assert_user_error(code, err, *fragments)
+    assert code == 2 and not (workspace / "out.json").exists()
+
+
+def test_eval_every_task_and_several_methods_on_the_published_layout(eval_workspace, capsys, monkeypatch):
+    workspace, data = eval_workspace
+    (workspace / "d.json").write_text('{"bo": "<sks> is a small orange dog"}')
+    args = ["eval", "--concept", "bo", "--data", str(data), "--task", "all", "--qa", "visual.json", "--qa", "text.json",
+            "--method", "soft-prompt", "--method", "description", "--method", "in-context", "--refs", "2",
+            "--descriptions", "d.json", "--max-new-tokens", "3", "--json", "out.json"]
+    code, out, err = run_cli(args, capsys, monkeypatch, workspace)
+    assert code == 0, err
+    records = json.loads((workspace / "out.json").read_text())
+    assert [(r["method"], r["task"]) for r in records] == [(m, t) for m in ("soft-prompt", "description", "in-context")
+                                                            for t in ("recognition", "visual-qa", "text-qa", "caption")]
+    assert {r["concept"] for r in records} == {"bo"} and "eval" in err
+    code, out, err = run_cli(["report", "out.json", "--out", "table"], capsys, monkeypatch, workspace)
+    assert code == 0, err
+    assert "in-context (2 refs)" in out and (workspace / "table" / "recognition_vs_tokens.png").is_file()

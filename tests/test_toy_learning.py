@@ -15,8 +15,10 @@ from rich.console import Console
 from yollava.concept import load_concept
 from yollava.config import load_config
 from yollava.data import NegativeSource
-from yollava.evaluate import Prompting, evaluate_concept, yollava_split
+from yollava.evaluate import evaluate_concept, yollava_split
 from yollava.forward import FeatureCache
+from yollava.methods.personalization import Personalization, plain_name
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.toyworld import toy_llava
 from yollava.toyworld.benchmark import generate_benchmark
@@ -42,7 +44,7 @@ def test_trained_concept_beats_the_vanilla_base(tmp_path):
     (hard + easy), recognition and conversation data, default settings but 4 epochs."""
     world = tmp_path / "world"
     generate_benchmark(world, n_concepts=3, pool_size=POOL, progress=False)
-    positives = _link(tmp_path / "positives", sorted((world / CONCEPT / "train").glob("*.png"))[:5])
+    positives = _link(tmp_path / "positives", sorted((world / "train" / CONCEPT).glob("*.png"))[:5])
     config = load_config(overrides=["model.name=toy", f"train.epochs={EPOCHS}", f"train.runs_dir={tmp_path / 'runs'}"])
     store = tmp_path / "concepts"
     negatives = NegativeSource(pool=str(world / "pool"), embedder="toy")
@@ -54,8 +56,9 @@ def test_trained_concept_beats_the_vanilla_base(tmp_path):
     concept = load_concept(base, store, CONCEPT)
     test_positives, test_negatives = yollava_split(world, CONCEPT)
     features = FeatureCache(base)
-    trained = evaluate_concept(base, Prompting.soft_prompt(concept.params.tokens), test_positives, test_negatives, features)
-    vanilla = evaluate_concept(base, Prompting.vanilla(CONCEPT), test_positives, test_negatives, features)
+    trained = evaluate_concept(base, concept_personalization(concept.params.tokens), test_positives, test_negatives, features)
+    unnamed = Personalization(method="vanilla", subject=CONCEPT, identifier=plain_name(base.plain(), CONCEPT))
+    vanilla = evaluate_concept(base.plain(), unnamed, test_positives, test_negatives, features)
     assert trained.weighted >= 0.85, (trained.summary(), vanilla.summary())
     assert trained.weighted >= vanilla.weighted + 0.3, (trained.summary(), vanilla.summary())
 

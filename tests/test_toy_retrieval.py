@@ -15,10 +15,10 @@ def test_hard_negatives_share_family_and_colour_far_above_the_base_rate(tmp_path
     hits = total = 0
     base_rate = []
     for name in names:
-        subject = json.loads((data / name / "subject.json").read_text())
+        subject = json.loads((data / "subjects" / name / "subject.json").read_text())
         same = lambda attrs: attrs["family"] == subject["family"] and attrs["color"] == subject["color"]  # noqa: E731
         base_rate.append(sum(same(item["attributes"]) for item in pool.values()) / len(pool))
-        negatives = retrieve_negatives(name, data / name / "train", pool=data / "pool", per_image=4, n_easy=10,
+        negatives = retrieve_negatives(name, data / "train" / name, pool=data / "pool", per_image=4, n_easy=10,
                                        embedder="toy", store=tmp_path / "store", progress=False)
         hard = [r for r in negatives.records if r.kind == "hard"]
         assert len(hard) == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -41,8 +42,12 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+def _subject(root: Path, name: str) -> dict:
+    return json.loads((root / bench.SUBJECTS_DIR / name / bench.SUBJECT_FILE).read_text())
+
+
 def _concept_subjects(root: Path, names: list[str]) -> dict[str, Subject]:
-    return {n: Subject.from_dict(json.loads((root / n / bench.SUBJECT_FILE).read_text())) for n in names}
+    return {n: Subject.from_dict(_subject(root, n)) for n in names}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -67,17 +72,23 @@ def test_same_seed_gives_identical_bytes(tiny, tmp_path):
 
 
 def test_layout_and_counts(tiny, summary):
+    """The published layout, split first: train/<name>/, test/<name>/, QA files at the top."""
     assert summary["concepts"] and len(summary["concepts"]) == 3
     assert summary["counts"]["concept_images"] == 60 and summary["counts"]["pool_images"] == 50
-    assert summary["counts"]["qa_text"] == 3 * 13 and summary["counts"]["qa_visual"] > 0
+    assert summary["counts"]["qa_text"] == 3 * 7 and summary["counts"]["qa_visual"] == 3 * 10
+    assert sorted(p.name for p in (tiny / "test").iterdir()) == sorted(summary["concepts"])
     for name in summary["concepts"]:
         assert re.fullmatch(r"[a-z0-9_-]+", name)
-        folder = tiny / name
+        assert not (tiny / name).exists()
         for split in ("train", "test"):
-            images = sorted((folder / split).iterdir())
+            images = sorted((tiny / split / name).iterdir())
             assert len(images) == 10 and all(p.suffix == ".png" for p in images)
-        for file_name in (bench.SUBJECT_FILE, bench.SCENES_FILE, bench.QA_TEXT_FILE, bench.QA_VISUAL_FILE):
-            assert (folder / file_name).is_file()
+        for file_name in (bench.SUBJECT_FILE, bench.SCENES_FILE):
+            assert (tiny / bench.SUBJECTS_DIR / name / file_name).is_file()
+    for file_name in (bench.QA_TEXT_FILE, bench.QA_VISUAL_FILE, bench.DESCRIPTIONS):
+        assert (tiny / file_name).is_file()
+    descriptions = json.loads((tiny / bench.DESCRIPTIONS).read_text())
+    assert descriptions == {n: describe_subject(Subject.from_dict(_subject(tiny, n))) for n in summary["concepts"]}
     pool = sorted((tiny / "pool").glob("*.png"))
     assert len(pool) == 50
     with Image.open(pool[0]) as image:
@@ -88,14 +99,14 @@ def test_layout_and_counts(tiny, summary):
 
 def test_scene_graphs_match_attributes_and_pixels(tiny, summary):
     for name in summary["concepts"]:
-        subject = json.loads((tiny / name / bench.SUBJECT_FILE).read_text())
-        records = _read_jsonl(tiny / name / bench.SCENES_FILE)
+        subject = _subject(tiny, name)
+        records = _read_jsonl(tiny / bench.SUBJECTS_DIR / name / bench.SCENES_FILE)
         assert len(records) == 20
         for record in records:
             main = record["scene"]["subjects"][0]
             assert {k: main[k] for k in ATTRIBUTES} == {k: subject[k] for k in ATTRIBUTES}
         scene = Scene.from_dict(records[-1]["scene"])
-        with Image.open(tiny / name / records[-1]["path"]) as image:
+        with Image.open(tiny / records[-1]["path"]) as image:
             assert np.array_equal(np.asarray(image), np.asarray(render_scene(scene)))
     for record in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE)[:10]:
         assert record["attributes"] == {k: v for k, v in record["scene"]["subjects"][0].items() if k != "box"}
@@ -109,15 +120,15 @@ def test_any_image_regenerates_from_seed_and_index(tiny, summary):
     with Image.open(tiny / "pool" / "00042.png") as image:
         assert np.array_equal(np.asarray(image), np.asarray(render_scene(plan.pool_item(42).scene)))
     name = summary["concepts"][1]
-    with Image.open(tiny / name / "test" / "004.png") as image:
+    with Image.open(tiny / "test" / name / "004.png") as image:
         assert np.array_equal(np.asarray(image), np.asarray(render_scene(plan.concept_scene(name, "test", 4))))
 
 
 def test_lookalikes_differ_in_exactly_one_fine_attribute(tiny, summary):
     assert summary["lookalikes"], "the benchmark must contain concept lookalikes"
     for link in summary["lookalikes"]:
-        a = Subject.from_dict(json.loads((tiny / link["concept"] / bench.SUBJECT_FILE).read_text()))
-        b = Subject.from_dict(json.loads((tiny / link["lookalike_of"] / bench.SUBJECT_FILE).read_text()))
+        a = Subject.from_dict(_subject(tiny, link["concept"]))
+        b = Subject.from_dict(_subject(tiny, link["lookalike_of"]))
         assert a.differences(b) == [link["differs_in"]] and link["differs_in"] in FINE_ATTRIBUTES
     concepts = _concept_subjects(tiny, summary["concepts"])
     planted = [r for r in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE) if r["lookalike_of"]]
@@ -140,41 +151,48 @@ def test_pool_and_distractors_never_show_a_concept_identity(tiny, summary):
     for record in _read_jsonl(tiny / "pool" / bench.POOL_INDEX_FILE):
         assert not {Subject.from_dict(s) for s in record["scene"]["subjects"]} & identities
     for name in summary["concepts"]:
-        for record in _read_jsonl(tiny / name / bench.SCENES_FILE):
+        for record in _read_jsonl(tiny / bench.SUBJECTS_DIR / name / bench.SCENES_FILE):
             assert not {Subject.from_dict(s) for s in record["scene"]["subjects"][1:]} & identities
 
 
-def test_qa_answers_balanced_and_in_vocabulary(tiny, summary):
+def test_qa_files_in_the_published_schemas_balanced_and_in_vocabulary(tiny, summary):
+    """Visual QA: subject -> image path -> {question, options, correct_answer} with <sks>; text QA:
+    subject -> number -> {question, option, correct_answer} with a bare sks (the two published files);
+    correct letters balanced per concept and both read back by yollava's reader."""
+    from yollava.evaluate.layout import open_benchmark
+    from yollava.evaluate.qa_files import QAKind, read_qa_file
+
     words = set(vocabulary())
-    totals: Counter = Counter()
+    visual = json.loads((tiny / bench.QA_VISUAL_FILE).read_text())
+    text = json.loads((tiny / bench.QA_TEXT_FILE).read_text())
+    assert set(visual) == set(text) == set(summary["concepts"])
     for name in summary["concepts"]:
-        for file_name in (bench.QA_TEXT_FILE, bench.QA_VISUAL_FILE):
-            qa = json.loads((tiny / name / file_name).read_text())
-            assert qa["identifier"] == f"<{name}>"
-            per_count: dict[int, Counter] = {}
-            for q in qa["questions"]:
-                assert len(q["options"]) in (2, 4) and len(set(q["options"])) == len(q["options"])
-                assert 0 <= q["answer"] < len(q["options"])
-                assert f"<{name}>" in q["question"]
-                assert set(split_words(q["question"].replace(f"<{name}>", ""))) <= words
-                assert set(q["options"]) <= words
-                per_count.setdefault(len(q["options"]), Counter())[q["answer"]] += 1
-                totals[(len(q["options"]), q["answer"])] += 1
-            for n_options, positions in per_count.items():
-                counts = [positions[p] for p in range(n_options)]
-                assert max(counts) - min(counts) <= 1, (file_name, counts)
-    text = json.loads((tiny / summary["concepts"][0] / bench.QA_TEXT_FILE).read_text())
-    subject = json.loads((tiny / summary["concepts"][0] / bench.SUBJECT_FILE).read_text())
-    for q in text["questions"]:
-        assert q["options"][q["answer"]] == subject[q["attribute"]]
+        assert list(visual[name]) == [f"test/{name}/{i:03d}.png" for i in range(10)]
+        assert list(text[name]) == [str(i) for i in range(7)]
+        for entries, key, placeholder in ((visual[name], "options", "<sks>"), (text[name], "option", "sks")):
+            letters = Counter()
+            for entry in entries.values():
+                assert set(entry) == {"question", key, "correct_answer"}
+                assert list(entry[key]) == ["A", "B"] and len(set(entry[key].values())) == 2
+                assert placeholder in entry["question"] and (placeholder == "<sks>") == ("<sks>" in entry["question"])
+                assert set(split_words(entry["question"].replace(placeholder, ""))) <= words
+                assert set(entry[key].values()) <= words
+                letters[entry["correct_answer"]] += 1
+            assert abs(letters["A"] - letters["B"]) <= 1, (name, letters)
+    subject = _subject(tiny, summary["concepts"][0])
+    for entry, attribute in zip(text[summary["concepts"][0]].values(), bench.TEXT_QUESTIONS):
+        assert entry["option"][entry["correct_answer"]] == subject[attribute]
+    data = open_benchmark(tiny)
+    assert read_qa_file(tiny / bench.QA_VISUAL_FILE, data).kind == QAKind.visual
+    assert read_qa_file(tiny / bench.QA_TEXT_FILE, data).kind == QAKind.text
 
 
 def test_text_qa_uses_lookalike_value_as_distractor(tiny, summary):
     link = summary["lookalikes"][0]
-    partner = json.loads((tiny / link["lookalike_of"] / bench.SUBJECT_FILE).read_text())
-    qa = json.loads((tiny / link["concept"] / bench.QA_TEXT_FILE).read_text())
-    asked = [q for q in qa["questions"] if q["attribute"] == link["differs_in"]]
-    assert asked and all(partner[link["differs_in"]] in q["options"] for q in asked)
+    partner = _subject(tiny, link["lookalike_of"])
+    text = json.loads((tiny / bench.QA_TEXT_FILE).read_text())[link["concept"]]
+    attribute = list(bench.TEXT_QUESTIONS).index(link["differs_in"])
+    assert partner[link["differs_in"]] in text[str(attribute)]["option"].values()
 
 
 def test_captions_and_descriptions_use_only_vocabulary_words():
@@ -249,3 +267,17 @@ def test_benchmark_script_writes_every_report_applies_overrides_and_resumes(tiny
     assert again.returncode == 0 and "kept from" in again.stderr, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["concepts"] == report["concepts"]
     assert len(list((out / "work" / "runs" / first).glob("*/config.yaml"))) == 1  # not trained again
+
+
+def test_speed_bench_trains_both_recipes_end_to_end_on_a_toy_world_concept(tiny, tmp_path):
+    """scripts/bench_train.py --concept: yollava and the reference loop train the same concept and are scored on its test split."""
+    root = Path(__file__).resolve().parent.parent
+    first = json.loads((tiny / bench.BENCHMARK_FILE).read_text())["concepts"][0]
+    command = [sys.executable, str(root / "scripts" / "bench_train.py"), "--model", "tiny", "--steps", "1", "--batch-size", "2", "--images", "2",
+               "--concept", first, "--data", str(tiny), "--set", "train.epochs=1", "--json", str(tmp_path / "bench.json")]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row, = json.loads((tmp_path / "bench.json").read_text())["concepts"]["concepts"]
+    assert row["concept"] == first and row["reference"]["epochs"] == 1 and row["yollava"]["epochs"] == 1
+    assert row["ratio_cpu"] > 0 and all(0.0 <= row["test_weighted"][k] <= 1.0 for k in ("yollava", "reference"))

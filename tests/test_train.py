@@ -206,9 +206,14 @@ def test_an_observer_sees_every_step_photo_and_epoch_in_order(tiny_config, image
     events = []
     result = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "store", base=build_tiny_base(), observer=events.append)
     samples = sum(json.loads((tmp_path / "store" / "bo" / CONCEPT_JSON).read_text())["training"]["samples"].values())
-    stages = [e.stage for e in events]
-    per_epoch = [TrainStage.train] * samples + [TrainStage.score] * 12 + [TrainStage.epoch]
+    # scoring reports once per scoring batch (main's batched scorer), so runs of score events are collapsed
+    stages = [e.stage for i, e in enumerate(events) if not (e.stage == TrainStage.score and events[i - 1].stage == TrainStage.score)]
+    per_epoch = [TrainStage.train] * samples + [TrainStage.score, TrainStage.epoch]
     assert stages == per_epoch * 2 + [TrainStage.save]
+    for epoch in (1, 2):
+        scored = [e.done for e in events if e.stage == TrainStage.score and e.epoch == epoch]
+        assert scored == sorted(set(scored)) and scored[-1] == 12  # counts rise to every training photo
+        assert all(e.total == 12 for e in events if e.stage == TrainStage.score)
     steps = [e for e in events if e.stage == TrainStage.train]
     assert [(e.epoch, e.done) for e in steps] == [(epoch, step) for epoch in (1, 2) for step in range(1, samples + 1)]
     assert all(e.total == samples and e.epochs == 2 and e.loss > 0 for e in steps)

@@ -26,6 +26,11 @@ class Base:
         image_token_id: id of the ``<image>`` placeholder token.
         num_image_tokens: how many positions each image occupies (576 for LLaVA-1.5 at 336 px).
         base_tokenizer_size: tokenizer length before any concept token was added.
+        free_names: name tokens the base reads as "a subject introduced in this prompt" (the toy
+            LLaVA's ``<x00>``...), for methods that name a subject its tokenizer cannot spell.
+        plain_tokenizer: a copy of the tokenizer taken before any concept token was added: methods
+            that train nothing spell ``<bo>`` with it as plain text, even after concept ``bo`` was
+            attached and detached (its token then stays in ``tokenizer``, refused without its rows).
     """
 
     model: LlavaForConditionalGeneration
@@ -36,6 +41,18 @@ class Base:
     image_token_id: int
     num_image_tokens: int
     base_tokenizer_size: int
+    free_names: tuple[str, ...] = ()
+    plain_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if self.plain_tokenizer is None:
+            if len(self.tokenizer) != self.base_tokenizer_size:
+                raise ValueError("build the Base before attaching concepts: its plain tokenizer must not know them")
+            self.plain_tokenizer = copy.deepcopy(self.tokenizer)
+
+    def plain(self) -> "Base":
+        """The same model with :attr:`plain_tokenizer`: prompts spell concept names as plain text."""
+        return dataclasses.replace(self, tokenizer=self.plain_tokenizer)
 
     @property
     def hidden_size(self) -> int:

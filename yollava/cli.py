@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -68,20 +70,51 @@ def _overrides(model: Optional[str], extra: Optional[List[str]], **mapped: Any) 
     return items + list(extra or [])
 
 
-# options shared by train, build-data and retrieve (typer reads them from each signature)
-NEGATIVES_OPT = typer.Option(None, "--negatives", help="folder of negative images (used as they are)")
-POOL_OPT = typer.Option(None, "--pool", help="folder of candidate images to mine hard negatives from")
-INDEX_OPT = typer.Option(None, "--index", help="index folder made by `yollava index build`")
-SERVICE_OPT = typer.Option(None, "--service", help="clip-retrieval back-end URL (laion extra)")
-INDEX_NAME_OPT = typer.Option(None, "--index-name", help="index name on the --service")
-PER_IMAGE_OPT = typer.Option(None, "--per-image", help="hard negatives per positive (default: ~100 in total)")
-EASY_OPT = typer.Option(100, "--easy", help="random (easy) negatives from the pool")
-EMBEDDER_OPT = typer.Option(None, "--embedder", help="image embedder for retrieval (default: LAION ViT-L/14; 'toy' for the toy world)")
 RECIPE_OPT = typer.Option(None, "--recipe", help="auto | recognition | recognition+conversation | full (data.recipe)")
 CATEGORY_OPT = typer.Option(None, "--category", help="auto | person | other: which attribute questions (data.category)")
 
+# Where negatives come from: the options train, build-data and retrieve share (see negative_options).
+NEGATIVE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "negatives": (Optional[Path], typer.Option(None, "--negatives", help="folder of negative images (used as they are)")),
+    "pool": (Optional[Path], typer.Option(None, "--pool", help="folder of candidate images to mine hard negatives from")),
+    "index": (Optional[Path], typer.Option(None, "--index", help="index folder made by `yollava index build`")),
+    "service": (Optional[str], typer.Option(None, "--service", help="clip-retrieval back-end URL (laion extra)")),
+    "index_name": (Optional[str], typer.Option(None, "--index-name", help="index name on the --service")),
+    "per_image": (Optional[int], typer.Option(None, "--per-image", help="hard negatives per positive (default: ~100 in total)")),
+    "easy": (int, typer.Option(100, "--easy", help="random (easy) negatives from the pool")),
+    "embedder": (Optional[str], typer.Option(None, "--embedder", help="image embedder for retrieval (default: LAION ViT-L/14; 'toy' for the toy world)")),
+}
 
-def _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder):
+
+def negative_options(*, folder: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the negative-source options; it receives them as one ``source: NegativeSource``.
+
+    typer reads a command's options from its signature, so the wrapper's signature is the command's
+    own (without ``source``) plus these options, and the wrapper turns their values into the source.
+    ``folder=False`` leaves out ``--negatives`` (a command that only mines).
+    """
+    names = [name for name in NEGATIVE_OPTIONS if folder or name != "negatives"]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name != "source"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=NEGATIVE_OPTIONS[name][1], annotation=NEGATIVE_OPTIONS[name][0])
+                 for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return command(source=_negative_source(**values), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**command.__annotations__, **{name: NEGATIVE_OPTIONS[name][0] for name in names}}
+        wrapper.__annotations__.pop("source", None)
+        return wrapper
+
+    return decorate
+
+
+def _negative_source(negatives=None, pool=None, index=None, service=None, index_name=None, per_image=None, easy=100, embedder=None):
     from yollava.data import NegativeSource
 
     if sum(x is not None for x in (pool, index, service)) > 1:
@@ -94,17 +127,11 @@ def _negative_source(negatives, pool, index, service, index_name, per_image, eas
 
 
 @app.command()
+@negative_options()
 def train(
+    source: Any,
     concept: str = typer.Option(..., "--concept", help="concept name, e.g. bo: 1-32 of a-z, 0-9, '_' and '-', starting with a letter or digit"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of photos of the subject (positives)"),
-    negatives: Optional[Path] = NEGATIVES_OPT,
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     recipe: Optional[str] = RECIPE_OPT,
     category: Optional[str] = CATEGORY_OPT,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
@@ -126,7 +153,6 @@ def train(
 
     _flush_denormals()
     cfg = load_config(config, _overrides(model, overrides, **{"train.epochs": epochs, "data.recipe": recipe, "data.category": category}))
-    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     try:
         train_concept(cfg, concept, images, source, store=store, overwrite=overwrite, resume=resume, console=err, no_negatives=no_negatives)
     except KeyboardInterrupt:
@@ -144,17 +170,11 @@ def train(
 
 
 @app.command("build-data")
+@negative_options()
 def build_data(
+    source: Any,
     concept: str = typer.Option(..., "--concept", help="concept name"),
     images: Path = typer.Option(..., "--images", help="folder of photos of the subject (positives)"),
-    negatives: Optional[Path] = NEGATIVES_OPT,
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     recipe: Optional[str] = RECIPE_OPT,
     category: Optional[str] = CATEGORY_OPT,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
@@ -166,16 +186,15 @@ def build_data(
     """Build a concept's training set (recognition + conversation samples) as an HF dataset."""
     from yollava.concept import validate_name
     from yollava.config import load_config
-    from yollava.forward import FeatureCache
+    from yollava.forward import make_cache
     from yollava.models import load_base
     from yollava.prepare import build_samples, gather_inputs
 
     cfg = load_config(config, _overrides(model, overrides, **{"data.recipe": recipe, "data.category": category}))
     validate_name(concept)
-    source = _negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder)
     inputs = gather_inputs(concept, images, source, store, cfg)  # fails before the (slow) base load
     base = load_base(cfg.model)
-    built = build_samples(inputs, base, store, cfg, FeatureCache(base), err, rebuild=overwrite)
+    built = build_samples(inputs, base, store, cfg, make_cache(base, cfg.train), err, rebuild=overwrite)
     info = built.info
     err.print(f"training set for '{concept}': recipe {info['recipe']}, category {info['category']}, {len(built.samples)} samples {info['counts']} in {store / concept / 'data'}")
 
@@ -254,41 +273,91 @@ def chat(
 
 @app.command("eval")
 def evaluate(
-    concept: str = typer.Option(..., "--concept", help="concept to evaluate"),
-    data: Path = typer.Option(..., "--data", help="dataset in the Yo'LLaVA layout: DIR/<subject>/test/*"),
-    subject: Optional[str] = typer.Option(None, "--subject", help="the concept's subject folder (default: the concept name)"),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concept's own base)"),
+    concept: List[str] = typer.Option(..., "--concept", help="concept / subject to evaluate (repeat for several); its photos are DIR/{train,test}/NAME"),
+    data: Path = typer.Option(..., "--data", help="dataset in the published Yo'LLaVA layout: DIR/{train,test}/<subject>/"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="recognition | visual-qa | text-qa | caption | all (repeat for several; default recognition)"),
+    qa: Optional[List[Path]] = typer.Option(None, "--qa", help="a visual or text-only QA file (default: DIR/yollava-visual-qa.json, DIR/yollava-text-only-qa.json)"),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="soft-prompt | vanilla | description | auto-long | auto-short | in-context | all (repeat; default soft-prompt)"),
+    refs: int = typer.Option(1, "--refs", help="reference photos per query for --method in-context (the first N of DIR/train/NAME)"),
+    descriptions: Optional[Path] = typer.Option(None, "--descriptions", help="JSON subject -> description for --method description (default: DIR/descriptions.json)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write one record per (task, method, concept) here, with per-item details"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: the concepts' own base)"),
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
-    generation: bool = typer.Option(True, "--generation/--no-generation", help="also score greedy answers (any answer that is not Yes/No counts as wrong)"),
+    generation: bool = typer.Option(True, "--generation/--no-generation", help="also score whole greedy answers (any answer that is not a coherent yes/no or an option counts wrong)"),
+    caption_negatives: int = typer.Option(1, "--caption-negatives", help="test photos per other subject captioned for the caption false-mention rate"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="cap on every generated answer (default: each task's own length)"),
 ) -> None:
-    """Recognition accuracy: the subject's test photos are positives, other subjects' negatives."""
-    from yollava.evaluate import Prompting, evaluate_concept, yollava_split
-    from yollava.forward import FeatureCache
-    from yollava.progress import progress_bar
+    """Score concepts on the Yo'LLaVA benchmark tasks, for every way of giving the model a subject.
+
+    Recognition: the subject's test photos are positives, other subjects' negatives. Visual / text QA:
+    multiple choice, every option order. Caption: recall of the identifier and false mentions.
+    """
+    from yollava.config import load_config
+    from yollava.evaluate.harness import plan_evaluation, run_evaluation
+    from yollava.forward import make_cache
+    from yollava.models import load_base
     from yollava.prompts import ChatFormat
     from yollava.storage import write_json_atomic
 
-    positives, negatives = yollava_split(data, subject or concept)
-    base, artifacts, cfg = _load_for_chat(model, [concept], store)
-    with progress_bar(err) as progress:
-        task = progress.add_task("eval", total=len(positives) + len(negatives), info="")
-        result = evaluate_concept(
-            base, Prompting.soft_prompt(artifacts[0].params.tokens), positives, negatives, FeatureCache(base),
-            ChatFormat.load(cfg.prompt.template), generation=generation, progress=lambda n: progress.update(task, advance=n),
-        )
-    table = Table(title=f"recognition: <{concept}> on {data}")
-    for column in ("scoring", "positive", "negative", "weighted", "n pos", "n neg"):
-        table.add_column(column)
-    table.add_row("yes/no log-prob", f"{result.positive:.3f}", f"{result.negative:.3f}", f"{result.weighted:.3f}", str(result.n_positive), str(result.n_negative))
-    if result.generation:
-        g = result.generation
-        table.add_row("generation", f"{g['positive']:.3f}", f"{g['negative']:.3f}", f"{g['weighted']:.3f}", str(result.n_positive), str(result.n_negative))
+    _flush_denormals()
+    plan = plan_evaluation(data, list(concept), task, method, list(qa or []), store, refs, descriptions, generation, caption_negatives, max_new_tokens)
+    name = model or plan.concept_base
+    cfg = load_config(overrides=[f"model.name={name}"] if name else None)
+    base = load_base(cfg.model)
+    # one cache for the whole run (train.prefix_cache*: image features and prefix keys/values), so
+    # every test photo's prefix is computed once for every task, method and concept
+    records = run_evaluation(plan, base, err, ChatFormat.load(cfg.prompt.template), make_cache(base, cfg.train))
+    if len(plan.subjects) == 1:
+        table = Table(title=f"<{plan.subjects[0]}> on {data} ({base.model_id})")
+        for column in ("method", "task", "accuracy", "details", "n", "tokens"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(r["method"], r["task"], f"{r['accuracy']:.3f}", _details(r), str(r["n_questions"]), str(r["tokens_per_query"]))
+    else:
+        table = Table(title=f"{len(plan.subjects)} concepts on {data} ({base.model_id}): means over concepts (every record in --json)")
+        for column in ("method", "task", "accuracy", "min", "max", "tokens"):
+            table.add_column(column)
+        for name in plan.methods:
+            for task_name in plan.tasks:
+                rows = [r for r in records if r["method"] == name and r["task"] == task_name]
+                values = [r["accuracy"] for r in rows]
+                table.add_row(name, task_name, f"{sum(values) / len(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}",
+                              f"{sum(r['tokens_per_query'] for r in rows) / len(rows):.0f}")
     out.print(table)
     if json_path is not None:
-        payload = {"concept": concept, "subject": subject or concept, "data": str(data), **result.summary(), "per_image": result.per_image}
-        write_json_atomic(json_path, payload)
-        err.print(f"wrote {json_path}")
+        write_json_atomic(json_path, records)
+        err.print(f"wrote {len(records)} results to {json_path}")
+
+
+def _details(record: dict) -> str:
+    """The secondary numbers of a result, for the eval command's table."""
+    m = record["metrics"]
+    if record["task"] == "recognition":
+        text = f"pos {m['positive']:.3f} neg {m['negative']:.3f}"
+        if m.get("generation"):
+            text += f"; generated {m['generation']['weighted']:.3f} (coherent {m['generation']['coherent']:.2f})"
+        return text
+    if record["task"] == "caption":
+        fm = m.get("false_mention")
+        return "false mentions " + ("-" if fm is None else f"{fm:.3f} of {m['n_negative']}")
+    text = f"likelihood {m['likelihood']:.3f}; 'A' rate {m['first_letter_rate']:.2f}"
+    if m.get("generation") is not None:
+        text += f"; generated {m['generation']:.3f}"
+    return text
+
+
+@app.command()
+def report(
+    results: List[Path] = typer.Argument(..., help="results files written by `yollava eval --json`"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for table.md, table.json, records.json and recognition_vs_tokens.png"),
+    title: str = typer.Option("", "--title", help="heading of the markdown table"),
+) -> None:
+    """The paper's Table 5 from evaluation results: methods as columns, means over concepts, and a recognition-vs-tokens plot."""
+    from yollava.evaluate.report import load_records, write_report
+
+    paths = write_report(load_records(results), out_dir, title)
+    out.print(paths["markdown"].read_text(encoding="utf-8"), markup=False, highlight=False)
+    err.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: a procedural personalization benchmark that runs on a CPU.")
@@ -316,16 +385,11 @@ app.add_typer(index_app, name="index")
 
 
 @app.command()
+@negative_options(folder=False)
 def retrieve(
+    source: Any,
     concept: str = typer.Option(..., "--concept", help="concept name"),
     images: Path = typer.Option(..., "--images", help="folder of photos of the subject (the queries)"),
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
     near_duplicate: float = typer.Option(0.95, "--near-duplicate", help="cosine at or above which a candidate counts as the subject itself"),
     seed: int = typer.Option(0, "--seed", help="seed of the easy-negative sample"),
@@ -336,9 +400,9 @@ def retrieve(
     from yollava.retrieval.mine import retrieve_negatives
 
     negatives = retrieve_negatives(
-        concept, images, pool=pool, index=index, service=service, index_name=index_name, per_image=per_image,
-        n_easy=easy, embedder=embedder, store=store, near_duplicate=near_duplicate, seed=seed, overwrite=overwrite,
-        cache_dir=cache_dir,
+        concept, images, pool=source.pool, index=source.index, service=source.service, index_name=source.index_name,
+        per_image=source.per_image, n_easy=source.easy, embedder=source.embedder, store=store, near_duplicate=near_duplicate,
+        seed=seed, overwrite=overwrite, cache_dir=cache_dir,
     )
     err.print(f"{len(negatives.hard)} hard and {len(negatives.easy)} easy negatives in {negatives.directory}" + (" (reused)" if negatives.reused else ""))
 
@@ -348,7 +412,7 @@ def index_build(
     out: Path = typer.Option(..., "--out", help="index folder to create"),
     images: Optional[Path] = typer.Option(None, "--images", help="folder of images (searched recursively)"),
     list_file: Optional[Path] = typer.Option(None, "--list", help="text file with one image path per line"),
-    embedder: Optional[str] = EMBEDDER_OPT,
+    embedder: Optional[str] = NEGATIVE_OPTIONS["embedder"][1],
     kind: str = typer.Option("flat", "--kind", help="flat (exact) | ivf | ivf-pq (millions of images)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing index"),
 ) -> None:
@@ -443,21 +507,15 @@ def demo(
 
 
 @app.command()
+@negative_options()
 def serve(
+    source: Any,
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1/localhost needs --auth or --insecure-no-auth"),
     port: int = typer.Option(7860, "--port", help="port to listen on"),
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS: the page asks for this login"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="serve a network --host without a login (anyone who reaches it can teach, chat and remove)"),
-    negatives: Optional[Path] = NEGATIVES_OPT,
-    pool: Optional[Path] = POOL_OPT,
-    index: Optional[Path] = INDEX_OPT,
-    service: Optional[str] = SERVICE_OPT,
-    index_name: Optional[str] = INDEX_NAME_OPT,
-    per_image: Optional[int] = PER_IMAGE_OPT,
-    easy: int = EASY_OPT,
-    embedder: Optional[str] = EMBEDDER_OPT,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys (training settings of the page)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.epochs=4"),
 ) -> None:
@@ -477,7 +535,7 @@ def serve(
     login = parse_auth(auth)
     reach = exposure(host, login, insecure_no_auth)  # refuses an open network address before anything loads
     cfg = load_config(config, _overrides(model, overrides))
-    choices = negative_choices(_negative_source(negatives, pool, index, service, index_name, per_image, easy, embedder))
+    choices = negative_choices(source)
     _flush_denormals()
     err.print(f"loading base model {cfg.model.name} ...", highlight=False)
     server = WebServer(cfg, store, load_base(cfg.model), choices, console=err)

@@ -3,9 +3,9 @@
 Everything `yollava demo` does is also a plain command (see README "Two commands"):
 
     yollava toy generate --out demo/toyworld --concepts 3 --pool 1000   # (the demo keeps 5 train photos)
-    yollava train --concept ozzy --images demo/toyworld/ozzy/train --pool demo/toyworld/pool --embedder toy --model toy --store demo/concepts   # (or --model tiny)
-    yollava chat --concept ozzy --store demo/concepts --image demo/toyworld/ozzy/test/000.png --prompt "Is <ozzy> in this photo?"
-    yollava eval --concept ozzy --store demo/concepts --data demo/toyworld
+    yollava train --concept ozzy --images demo/toyworld/train/ozzy --pool demo/toyworld/pool --embedder toy --model toy --store demo/concepts   # (or --model tiny)
+    yollava chat --concept ozzy --store demo/concepts --image demo/toyworld/test/ozzy/000.png --prompt "Is <ozzy> in this photo?"
+    yollava eval --concept ozzy --store demo/concepts --data demo/toyworld --method soft-prompt --method vanilla
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from yollava.chat import ChatSession
 from yollava.concept import load_concept
 from yollava.config import load_config
 from yollava.data import NegativeSource
-from yollava.evaluate import Prompting, evaluate_concept, yollava_split
-from yollava.forward import FeatureCache
+from yollava.evaluate.layout import TRAIN, open_benchmark
+from yollava.evaluate.recognition import evaluate_concept
+from yollava.forward import PrefixCache
+from yollava.methods.personalization import Personalization, plain_name
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.prompts import ChatFormat
 from yollava.toyworld.benchmark import generate_benchmark
@@ -68,13 +71,13 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
     store = out / "concepts"
     base = load_base(config.model)
     negatives = NegativeSource(pool=str(world / "pool"), embedder="toy")
-    train_concept(config, CONCEPT, world / CONCEPT / "train", negatives, store=store, overwrite=True, base=base, console=console)
+    train_concept(config, CONCEPT, world / TRAIN / CONCEPT, negatives, store=store, overwrite=True, base=base, console=console)
 
     concept = load_concept(base, store, CONCEPT)  # training detached its rows; these are the saved best epoch's
     fmt = ChatFormat.load(config.prompt.template)
     session = ChatSession(base, [concept], fmt, max_new_tokens=24)
     identifier = concept.params.tokens.identifier
-    positives, negatives_test = yollava_split(world, CONCEPT)
+    positives, negatives_test = open_benchmark(world).test_split(CONCEPT)
     for image in (positives[0], negatives_test[0]):
         session.set_image(image)
         question = f"Is {identifier} in this photo?"
@@ -83,9 +86,10 @@ def run_demo(out: str | Path, model: str | None = None, epochs: int | None = Non
     question = f"What colour is {identifier}?"
     console.print(f"[bold]you>[/bold] {question}  (no image)\n[bold]yollava>[/bold] {session.ask(question)}")
 
-    features = FeatureCache(base)
-    result = evaluate_concept(base, Prompting.soft_prompt(concept.params.tokens), positives, negatives_test, features, fmt)
-    vanilla = evaluate_concept(base, Prompting.vanilla(CONCEPT), positives, negatives_test, features, fmt)
+    features = PrefixCache(base)  # each test photo's prefix computed once for both scores
+    result = evaluate_concept(base, concept_personalization(concept.params.tokens), positives, negatives_test, features, fmt)
+    unnamed = Personalization(method="vanilla", subject=CONCEPT, identifier=plain_name(base.plain(), CONCEPT))
+    vanilla = evaluate_concept(base.plain(), unnamed, positives, negatives_test, features, fmt)
     console.print(
         f"test recognition of {identifier} ({len(positives)} photos of it, {len(negatives_test)} of other subjects): "
         f"positive {result.positive:.2f}, negative {result.negative:.2f}, weighted {result.weighted:.2f} "

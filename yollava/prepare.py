@@ -9,11 +9,11 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from yollava.base import Base
-from yollava.chat import greedy_generate
+from yollava.chat import greedy_generate_batch
 from yollava.config import Config, Recipe
 from yollava.data import ImageSets, NegativeSource, Sample, build_training_set, gather_images, resolve_recipe
 from yollava.evaluate.recognition import YesNoScorer
-from yollava.forward import FeatureCache, ImageRef
+from yollava.forward import FeatureCache, ImageRef, PrefixCache
 from yollava.progress import TrainEvent, TrainObserver, TrainStage, progress_bar
 from yollava.prompts import ChatFormat, Turn, encode, render
 
@@ -63,11 +63,12 @@ def gather_inputs(name: str, images_dir: str | Path, negatives: NegativeSource, 
 class BaseAnswerer:
     """The frozen base answering the training set's questions (:class:`yollava.data.Answerer`).
 
-    Every answer reads image features from ``features``, the cache training uses next, so each
-    positive goes through the vision tower once for category detection, conversation data and training.
+    Every answer reads image features (and, given a :class:`PrefixCache`, prefix keys/values) from
+    ``features``, the cache training uses next, so each positive goes through the vision tower and the
+    frozen prefix once for category detection, conversation data and training.
     """
 
-    def __init__(self, base: Base, fmt: ChatFormat, features: FeatureCache, max_new_tokens: int):
+    def __init__(self, base: Base, fmt: ChatFormat, features: FeatureCache | PrefixCache, max_new_tokens: int):
         self.base = base
         self.fmt = fmt
         self.features = features
@@ -76,11 +77,12 @@ class BaseAnswerer:
 
     def answer(self, image: str, questions: Sequence[str]) -> list[str]:
         eos = self.base.tokenizer.eos_token
-        answers = []
-        for question in questions:
-            ids = encode(self.base.tokenizer, render(self.fmt, [Turn(question, None, images=1)], eos), self.base.image_token_id, self.base.num_image_tokens).input_ids
-            answers.append(greedy_generate(self.base, ids, [ImageRef(image)], self.features, self.max_new_tokens))
-        return answers
+        prompts = [
+            encode(self.base.tokenizer, render(self.fmt, [Turn(question, None, images=1)], eos), self.base.image_token_id, self.base.num_image_tokens).input_ids
+            for question in questions
+        ]
+        # one batch per photo: its prefix (system text + image) is computed once for all its questions
+        return greedy_generate_batch(self.base, prompts, [[ImageRef(image)]] * len(prompts), self.features, self.max_new_tokens)
 
     def yes(self, question: str, images: Sequence[str]) -> list[bool]:
         scorer = YesNoScorer(self.base, self.fmt, "", question, self.features)
@@ -88,7 +90,7 @@ class BaseAnswerer:
 
 
 def build_samples(
-    inputs: TrainingInputs, base: Base, store: str | Path, config: Config, features: FeatureCache,
+    inputs: TrainingInputs, base: Base, store: str | Path, config: Config, features: FeatureCache | PrefixCache,
     console: Console, rebuild: bool = False, save_to: str | Path | None = None, observer: TrainObserver | None = None,
 ) -> TrainingSet:
     """Build (or reuse) the concept's training set, with a progress bar over the conversation questions.

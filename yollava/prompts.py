@@ -177,6 +177,21 @@ def encode(tokenizer: Any, segments: Sequence[Segment], image_token_id: int, num
     return Encoded(expanded_ids, expanded_labels, n_images, new_spans)
 
 
+# ----------------------------------------------------------------------------- evaluation prompts
+
+# option letters of multiple-choice questions, in order
+LETTERS = "ABCDEFGHIJ"
+
+
+def multiple_choice_prompt(question: str, options: Sequence[str]) -> str:
+    """``question`` with ``options`` lettered A, B, ... in the given order (templates/evaluation.yaml's
+    ``multiple_choice``: LLaVA-1.5's own format, ending "Answer with the option's letter from the given
+    choices directly.")."""
+    template = load_template("evaluation")["multiple_choice"]
+    lines = "\n".join(template["option"].replace("{letter}", LETTERS[i]).replace("{text}", text) for i, text in enumerate(options))
+    return template["prompt"].replace("{question}", question).replace("{options}", lines)
+
+
 # ----------------------------------------------------------------------------- recognition
 
 

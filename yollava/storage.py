@@ -53,6 +53,8 @@ DATA_DIR = "data"
 # a concept's mined negatives: <store>/<name>/negatives/ (yollava.retrieval.mine writes and reads it)
 NEGATIVES_DIR = "negatives"
 DATA_INFO = "training_set.json"
+# base captions and summary of a subject's training photos (auto-long / auto-short), next to its concept
+AUTO_DESCRIPTION = "auto_description.json"
 # photos uploaded through `yollava serve`, by content hash (hidden: never listed as a concept)
 UPLOADS_DIR = ".uploads"
 

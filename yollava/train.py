@@ -16,13 +16,15 @@ from rich.console import Console
 
 import yollava
 from yollava.base import Base
+from yollava.batching import epoch_batches
 from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
 from yollava.config import Config, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
-from yollava.evaluate.recognition import Prompting, RecognitionResult, evaluate_concept
-from yollava.forward import FeatureCache, ImageRef, collate, supervised_loss
+from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
+from yollava.forward import FeatureCache, ImageRef, PrefixCache, collate, make_cache, prefix_items, split_lengths, supervised_loss
 from yollava.images import file_sha256
+from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.plots import plot_training_history
 from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_inputs
@@ -301,10 +303,12 @@ def _run_recipe(
     if base is None:
         console.print(f"loading base model {config.model.name} ...")
         base = load_base(config.model)
-    features = FeatureCache(base, enabled=config.train.cache_image_features)
+    # frozen image features and prefix keys/values (system text + image), computed once and reused by
+    # the conversation answers, every training step and every score
+    cache = make_cache(base, config.train)
     run_dir = state.run_dir if state is not None else _new_run_dir(Path(config.train.runs_dir), name)
     # a new training set goes into the run folder and reaches the store with the concept, not before
-    training_set = build_samples(inputs, base, store, config, features, console, save_to=run_dir / DATA_DIR, observer=observer)
+    training_set = build_samples(inputs, base, store, config, cache, console, save_to=run_dir / DATA_DIR, observer=observer)
 
     torch.manual_seed(config.train.seed)
     params = init_concept(base, name, config.concept, seed=config.train.seed)
@@ -317,7 +321,7 @@ def _run_recipe(
     if not state.best_rows:
         state.best_rows = params.rows()
     with attached(base, params):
-        _train_epochs(config, base, params, optimizer, inputs, training_set, features, state, console, observer)
+        _train_epochs(config, base, params, optimizer, inputs, training_set, cache, state, console, observer)
         if observer is not None:
             observer(TrainEvent(TrainStage.save, epoch=state.epoch, epochs=config.train.epochs,
                                 elapsed_s=state.history[-1]["elapsed_s"] if state.history else 0.0, eta_s=0.0))
@@ -342,12 +346,16 @@ def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet
 
 def _train_epochs(
     config: Config, base: Base, params: ConceptParams, optimizer: torch.optim.Optimizer, inputs: TrainingInputs,
-    training_set: TrainingSet, features: FeatureCache, state: RunState, console: Console, observer: TrainObserver | None = None,
+    training_set: TrainingSet, cache: FeatureCache | PrefixCache, state: RunState, console: Console, observer: TrainObserver | None = None,
 ) -> None:
     """Epochs from ``state.epoch`` on: train one pass, score the training photos, checkpoint, maybe stop."""
     fmt = ChatFormat.load(config.prompt.template)
     encoded = encode_samples(base, fmt, params.tokens.soft_prompt, training_set.samples, config.train.max_length)
     images = inputs.images
+    sequences = [(e.input_ids, e.labels, e.images) for e in encoded]
+    if isinstance(cache, PrefixCache):
+        cache.warm(prefix_items(base, sequences))  # most used first, so the budget keeps those close
+    lengths = [split_lengths(base, ids, labels) for ids, labels, _ in sequences]
     batch_size = config.train.batch_size
     steps_per_epoch = (len(encoded) + batch_size - 1) // batch_size
     pad_id = base.tokenizer.pad_token_id or 0
@@ -364,12 +372,11 @@ def _train_epochs(
         for epoch in range(state.epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
             eta.start_epoch(epoch)
-            order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(config.train.seed * 100_003 + epoch)).tolist()
             losses: list[float] = []
-            for step in range(steps_per_epoch):
-                chunk = [encoded[i] for i in order[step * batch_size : (step + 1) * batch_size]]
+            for step, indices in enumerate(epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window)):
+                chunk = [encoded[i] for i in indices]
                 batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], pad_id, base.device)
-                loss = supervised_loss(base, batch, features, config.train.head_at_supervised_only)
+                loss = supervised_loss(base, batch, cache, config.train.head_at_supervised_only)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -391,7 +398,7 @@ def _train_epochs(
                                   elapsed_s=time.perf_counter() - started, eta_s=eta.remaining(steps_per_epoch)))
 
             result = evaluate_concept(
-                base, Prompting.soft_prompt(params.tokens), images.positives, images.negatives, features, fmt,
+                base, concept_personalization(params.tokens), images.positives, images.negatives, cache, fmt,
                 generation=config.train.eval_generation, progress=on_scored, require_negatives=False,
             )
             progress.remove_task(scoring)

@@ -1,23 +1,32 @@
-"""Evaluation: one module per task (``recognition``) and per benchmark layout (``splits``)."""
+"""Evaluation: one module per task (recognition, visual_qa, text_qa, caption), per file format (layout, qa_files), the harness and the report.
 
-from yollava.evaluate.recognition import (
-    Prompting,
-    RecognitionResult,
-    YesNoScorer,
-    classify_answer,
-    evaluate_concept,
-    recognition_accuracy,
-    weighted_accuracy,
-)
-from yollava.evaluate.splits import yollava_split
+The most used names are re-exported here, imported on first use: the methods import
+``yollava.evaluate.layout``, which must not pull in the tasks (they import the methods).
+"""
 
-__all__ = [
-    "Prompting",
-    "RecognitionResult",
-    "YesNoScorer",
-    "classify_answer",
-    "evaluate_concept",
-    "recognition_accuracy",
-    "weighted_accuracy",
-    "yollava_split",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Benchmark": "layout",
+    "open_benchmark": "layout",
+    "yollava_split": "layout",
+    "RecognitionResult": "recognition",
+    "YesNoScorer": "recognition",
+    "classify_answer": "recognition",
+    "evaluate_concept": "recognition",
+    "recognition_accuracy": "recognition",
+    "weighted_accuracy": "recognition",
+    "plan_evaluation": "harness",
+    "run_evaluation": "harness",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'yollava.evaluate' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"yollava.evaluate.{_EXPORTS[name]}"), name)

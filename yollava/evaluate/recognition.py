@@ -1,15 +1,25 @@
-"""Recognition: Yes/No first-token log-probabilities and greedy answers on labelled images, and ``evaluate_concept``."""
+"""Recognition: "Can you see if <bo> is in this photo?" on labelled images, by Yes/No log-probability and by whole greedy answers.
+
+:func:`evaluate_concept` is the one scoring path of training (each epoch, on the training photos),
+``yollava eval``, the demo and the benchmarks.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from yollava.chat import greedy_generate
-from yollava.errors import YollavaError
-from yollava.forward import FeatureCache, ImageRef, next_token_logprobs
 from yollava.base import Base
-from yollava.prompts import IGNORE_INDEX, ChatFormat, RecognitionBank, Turn, encode, render
+from yollava.errors import YollavaError
+from yollava.evaluate.answers import NO, OTHER, YES, judge_yes_no
+from yollava.evaluate.scoring import first_answer_tokens, generate_batch, next_token_scores_batch
+from yollava.evaluate.task import Outcome, Task, TaskInputs
+from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
+from yollava.methods.personalization import MethodContext, Personalization, Query, build_query
+from yollava.prompts import ChatFormat, RecognitionBank
+
+# long enough for every answer of templates/recognition.yaml ("No, this is someone or something else, not <bo>.")
+GENERATION_TOKENS = 24
 
 
 def weighted_accuracy(positive: float, negative: float) -> float:
@@ -19,7 +29,12 @@ def weighted_accuracy(positive: float, negative: float) -> float:
 
 @dataclass
 class RecognitionResult:
-    """Recognition accuracies (log-probability scoring; generation scoring when asked)."""
+    """Recognition accuracies (log-probability scoring; generation scoring when asked).
+
+    ``generation`` holds positive / negative / weighted accuracy of whole greedy answers, ``other``
+    (answers that are neither a coherent yes nor a coherent no, all scored wrong) and
+    ``coherent`` (the share that is a coherent yes or no).
+    """
 
     positive: float
     negative: float
@@ -37,175 +52,159 @@ class RecognitionResult:
 
 
 class YesNoScorer:
-    """Asks one question about images (e.g. "Is <bo> in this photo?") and reads the first answer token's Yes / No log-probabilities.
+    """Asks one question about images and reads the first answer token's Yes / No log-probabilities.
 
-    Deterministic (no sampling). The Yes/No ids are read from the tokenization of real answers in
-    the chat format, so they are right for any tokenizer (" Yes" is one token in LLaVA's).
+    Args:
+        prefix: the text before the question (a soft prompt; "" for none), or a whole
+            :class:`Personalization` (reference photos too).
     """
 
-    def __init__(self, base: Base, fmt: ChatFormat, prefix: str, question: str, cache: FeatureCache):
+    def __init__(self, base: Base, fmt: ChatFormat, prefix: str | Personalization, question: str, cache: FeatureCache | PrefixCache):
         self.base = base
         self.cache = cache
-        eos = base.tokenizer.eos_token
-        self.prompt_ids = self._ids(render(fmt, [Turn(question, None, images=1)], eos, prefix))
-        first = []
-        for word in ("Yes", "No"):
-            encoded = encode(base.tokenizer, render(fmt, [Turn(question, word, images=1)], eos, prefix), base.image_token_id, base.num_image_tokens)
-            start = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
-            if encoded.input_ids[:start] != self.prompt_ids:
-                raise ValueError("generation prompt differs from the training prompt; check the chat template")
-            first.append(encoded.input_ids[start])
-        self.yes_id, self.no_id = first
-        if self.yes_id == self.no_id:
-            raise YollavaError("the tokenizer gives 'Yes' and 'No' the same first token; recognition cannot be scored")
+        self.person = prefix if isinstance(prefix, Personalization) else Personalization(method="", subject="", identifier="", prefix=prefix)
+        self.prompt_ids = build_query(base, fmt, self.person, question, scene="_").ids
+        self.yes_id, self.no_id = first_answer_tokens(base, fmt, self.person, question, ["Yes", "No"])
 
-    def _ids(self, segments: Sequence[Any]) -> list[int]:
-        return encode(self.base.tokenizer, segments, self.base.image_token_id, self.base.num_image_tokens).input_ids
+    def query(self, image: str) -> Query:
+        return Query(self.prompt_ids, self.person.images(image))
 
     def logprobs(self, images: Sequence[str]) -> list[tuple[float, float]]:
-        """(log p(Yes), log p(No)) of the first answer token, for each image."""
-        out = []
-        for path in images:
-            logprobs = next_token_logprobs(self.base, [self.prompt_ids], [[ImageRef(path)]], self.cache)[0]
-            out.append((float(logprobs[self.yes_id]), float(logprobs[self.no_id])))
-        return out
+        """(log p(Yes), log p(No)) of the first answer token, for each image.
+
+        Scored in batches; with a :class:`yollava.forward.PrefixCache` an image's prefix keys/values
+        are computed once and shared by every question, concept and method asked about it.
+        """
+        scores = next_token_scores_batch(self.base, [self.query(str(p)) for p in images], [self.yes_id, self.no_id], self.cache)
+        return [(lp_yes, lp_no) for lp_yes, lp_no in scores]
 
 
 def classify_answer(text: str) -> str:
-    """"yes", "no" or "other" for a generated answer (anything else counts as wrong)."""
-    words = text.strip().lower().lstrip("\"'(").split()
-    if not words:
-        return "other"
-    head = words[0].strip(".,!:;\"'")
-    return head if head in ("yes", "no") else "other"
+    """"yes", "no" or "other" for a whole generated answer (see :func:`yollava.evaluate.answers.judge_yes_no`)."""
+    return judge_yes_no(text)
 
 
 def recognition_accuracy(
     base: Base,
     fmt: ChatFormat,
-    prefix: str,
+    person: Personalization | str,
     question: str,
     positives: Sequence[str],
     negatives: Sequence[str],
-    cache: FeatureCache,
-    generate: Callable[[list[int], list[ImageRef]], str] | None = None,
+    cache: FeatureCache | PrefixCache,
+    generation: bool = False,
     progress: Callable[[int], None] | None = None,
     require_negatives: bool = True,
+    max_new_tokens: int = GENERATION_TOKENS,
 ) -> RecognitionResult:
     """Score recognition on labelled images.
 
     Args:
         base: base with the concept(s) attached.
         fmt: chat format.
-        prefix: soft prompt(s) placed before the question ("" for vanilla LLaVA).
+        person: how the subject is given (a :class:`Personalization`, or just the text before the question).
         question: the recognition question naming the identifier.
         positives / negatives: image paths.
-        cache: image-feature cache (shared with training).
-        generate: optional greedy generator ``(prompt_ids, images) -> text`` for generation accuracy,
-            where any answer that is not Yes/No counts as wrong.
-        progress: called with 1 after each image.
+        cache: image-feature or prefix cache (shared with training, other concepts and methods).
+        generation: also score whole greedy answers; any answer that is not a coherent yes/no counts wrong.
+        progress: called with the number of images scored after each batch.
         require_negatives: when False, no negatives is allowed (a concept trained without any): the
             negative accuracy is then reported as 0 over 0 images and ``weighted`` is the positive accuracy.
+        max_new_tokens: length of the greedy answers.
 
     Raises:
         YollavaError: no positive images, or no negative ones when they are required.
     """
     if not positives or (require_negatives and not negatives):
         raise YollavaError(f"recognition needs positive and negative images (got {len(positives)} and {len(negatives)})")
-    scorer = YesNoScorer(base, fmt, prefix, question, cache)
+    scorer = YesNoScorer(base, fmt, person, question, cache)
     per_image: list[dict[str, Any]] = []
-    gen_counts = {"positive_correct": 0, "negative_correct": 0, "other": 0}
-    for label, paths in ((True, positives), (False, negatives)):
-        for path in paths:
-            (lp_yes, lp_no), = scorer.logprobs([path])
-            record: dict[str, Any] = {"image": str(path), "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
-            if generate is not None:
-                text = generate(scorer.prompt_ids, [ImageRef(str(path))])
-                verdict = classify_answer(text)
-                record["generated"] = text
-                gen_counts["other"] += verdict == "other"
-                if verdict == ("yes" if label else "no"):
-                    gen_counts["positive_correct" if label else "negative_correct"] += 1
+    # in chunks of one scoring batch: the progress moves, and the chunk's answers decode together
+    labelled = [(True, str(p)) for p in positives] + [(False, str(p)) for p in negatives]
+    for start in range(0, len(labelled), SCORE_BATCH):
+        chunk = labelled[start : start + SCORE_BATCH]
+        logprobs = scorer.logprobs([path for _, path in chunk])
+        answers = generate_batch(base, [scorer.query(path) for _, path in chunk], cache, max_new_tokens) if generation else None
+        for row, ((label, path), (lp_yes, lp_no)) in enumerate(zip(chunk, logprobs)):
+            record: dict[str, Any] = {"image": path, "label": label, "logp_yes": lp_yes, "logp_no": lp_no, "predicted": lp_yes > lp_no}
+            if answers is not None:
+                record["generated"] = answers[row]
+                record["verdict"] = judge_yes_no(answers[row])
             per_image.append(record)
-            if progress:
-                progress(1)
-    pos = [r["predicted"] for r in per_image if r["label"]]
-    neg = [not r["predicted"] for r in per_image if not r["label"]]
-    def scores(positive_hits: float, negative_hits: float) -> tuple[float, float, float]:
-        positive = positive_hits / len(pos)
+        if progress:
+            progress(len(chunk))
+    pos = [r for r in per_image if r["label"]]
+    neg = [r for r in per_image if not r["label"]]
+
+    def scores(hit: Callable[[dict[str, Any]], bool]) -> tuple[float, float, float]:
+        positive = sum(map(hit, pos)) / len(pos)
         if not neg:
             return positive, 0.0, positive
-        negative = negative_hits / len(neg)
+        negative = sum(map(hit, neg)) / len(neg)
         return positive, negative, weighted_accuracy(positive, negative)
 
-    pos_acc, neg_acc, weighted = scores(sum(pos), sum(neg))
-    generation = None
-    if generate is not None:
-        g_pos, g_neg, g_weighted = scores(gen_counts["positive_correct"], gen_counts["negative_correct"])
-        generation = {"positive": g_pos, "negative": g_neg, "weighted": g_weighted, "other": gen_counts["other"]}
+    pos_acc, neg_acc, weighted = scores(lambda r: r["predicted"] == r["label"])
+    summary = None
+    if generation:
+        g_pos, g_neg, g_weighted = scores(lambda r: r["verdict"] == (YES if r["label"] else NO))
+        other = sum(r["verdict"] == OTHER for r in per_image)
+        summary = {"positive": g_pos, "negative": g_neg, "weighted": g_weighted, "other": other,
+                   "coherent": 1 - other / len(per_image)}
     return RecognitionResult(
-        positive=pos_acc, negative=neg_acc, weighted=weighted,
-        n_positive=len(pos), n_negative=len(neg),
-        yes_rate=sum(r["predicted"] for r in per_image) / len(per_image),
-        generation=generation, per_image=per_image,
+        positive=pos_acc, negative=neg_acc, weighted=weighted, n_positive=len(pos), n_negative=len(neg),
+        yes_rate=sum(r["predicted"] for r in per_image) / len(per_image), generation=summary, per_image=per_image,
     )
-
-
-@dataclass(frozen=True)
-class Prompting:
-    """How a recognition question names the subject and what text precedes it.
-
-    Attributes:
-        identifier: the subject's name in the question (``<bo>`` with a soft prompt, a plain name otherwise).
-        prefix: text before the question: the soft prompt, a description, or nothing (vanilla).
-    """
-
-    identifier: str
-    prefix: str = ""
-
-    @classmethod
-    def soft_prompt(cls, tokens: Any) -> "Prompting":
-        """A trained concept (its :class:`~yollava.concept.ConceptTokens`; the concept must be attached)."""
-        return cls(tokens.identifier, tokens.soft_prompt)
-
-    @classmethod
-    def vanilla(cls, name: str) -> "Prompting":
-        """The base asked about a name it knows nothing about."""
-        return cls(name)
-
-    @classmethod
-    def described(cls, name: str, description: str) -> "Prompting":
-        """The base told what the subject looks like, in words, before the question."""
-        return cls(name, f"{name} is {description}.")
 
 
 def evaluate_concept(
     base: Base,
-    prompting: Prompting,
+    person: Personalization,
     positives: Sequence[str],
     negatives: Sequence[str],
-    features: FeatureCache,
+    features: FeatureCache | PrefixCache,
     fmt: ChatFormat | None = None,
     generation: bool = False,
     progress: Callable[[int], None] | None = None,
     require_negatives: bool = True,
+    max_new_tokens: int = GENERATION_TOKENS,
 ) -> RecognitionResult:
-    """Recognition of one subject: "Can you see if <bo> is in this photo?" on its positives and negatives.
-
-    The one scoring path of training (each epoch, on the training photos), ``yollava eval``, the demo
-    and the benchmarks; ``prompting`` says how the subject is given to the model.
+    """Recognition of one subject: the Yo'LLaVA evaluation question on its positives and negatives.
 
     Args:
-        base: the base, with the concept attached when ``prompting`` uses its soft prompt.
-        prompting: :meth:`Prompting.soft_prompt`, :meth:`Prompting.vanilla` or :meth:`Prompting.described`.
+        base: the base, with the concept attached when ``person`` uses its soft prompt.
+        person: how the subject is given (:func:`yollava.methods.soft_prompt.concept_personalization`
+            for a trained concept, or any method's :class:`Personalization`).
         positives / negatives: image paths.
-        features: the image-feature cache (shared with training and other concepts).
+        features: the image-feature or prefix cache (shared with training, other concepts and methods).
         fmt: chat format (default ``llava_v1``).
-        generation: also score greedy answers (8 new tokens; anything but Yes/No counts as wrong).
-        progress: called with 1 after each image.
+        generation: also score whole greedy answers.
+        progress: called with the number of images scored after each batch.
         require_negatives: see :func:`recognition_accuracy`.
+        max_new_tokens: length of the greedy answers.
     """
     fmt = fmt or ChatFormat.load("llava_v1")
-    generate = (lambda ids, refs: greedy_generate(base, ids, refs, features, max_new_tokens=8)) if generation else None
-    question = RecognitionBank.load().eval_prompt(prompting.identifier)
-    return recognition_accuracy(base, fmt, prompting.prefix, question, positives, negatives, features, generate, progress, require_negatives)
+    question = RecognitionBank.load().eval_prompt(person.identifier)
+    return recognition_accuracy(base, fmt, person, question, positives, negatives, features, generation, progress, require_negatives, max_new_tokens)
+
+
+
+class Recognition(Task):
+    """The subject's test photos are positives, every other subject's test photos negatives."""
+
+    name = "recognition"
+
+    def plan(self, inputs: TaskInputs, subject: str) -> tuple[list[str], list[str], bool, int]:
+        positives, negatives = inputs.benchmark.test_split(subject)
+        return positives, negatives, inputs.generation, inputs.tokens(GENERATION_TOKENS)
+
+    def size(self, plan: tuple[list[str], list[str], bool, int]) -> int:
+        return len(plan[0]) + len(plan[1])
+
+    def run(self, ctx: MethodContext, person: Personalization, plan: tuple[list[str], list[str], bool, int],
+            progress: Callable[[int], None] | None) -> Outcome:
+        positives, negatives, generation, tokens = plan
+        result = evaluate_concept(ctx.base, person, positives, negatives, ctx.features, ctx.fmt, generation=generation,
+                                  progress=progress, max_new_tokens=tokens)
+        return Outcome(accuracy=result.weighted, scoring="yes/no first-token log-probability, weighted 0.5 pos + 0.5 neg",
+                       n_questions=result.n_positive + result.n_negative, metrics=result.summary(), items=result.per_image,
+                       sources={"question": RecognitionBank.load().eval_question})

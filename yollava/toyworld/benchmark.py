@@ -1,4 +1,4 @@
-"""Planning and writing the toy benchmark in the Yo'LLaVA layout (concepts, negative pool, QA files)."""
+"""Planning and writing the toy benchmark in the published Yo'LLaVA layout (concepts, negative pool, QA files in the published schemas)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from yollava.errors import YollavaError
+from yollava.evaluate.layout import DESCRIPTIONS_FILE, TEST, TEXT_QA_FILE, TRAIN, VISUAL_QA_FILE
 from yollava.storage import artifact_lock, settle, staged_folder
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import (
@@ -34,17 +35,23 @@ from yollava.toyworld.world import (
     variant,
 )
 
-# File names of the layout, in one place.
+# File names of the layout, in one place (the splits and QA file names are the published dataset's).
 BENCHMARK_FILE = "benchmark.json"
+SUBJECTS_DIR = "subjects"  # subjects/<name>/subject.json and scenes.jsonl: what the images show
 SUBJECT_FILE = "subject.json"
 SCENES_FILE = "scenes.jsonl"
-QA_TEXT_FILE = "qa_text.json"
-QA_VISUAL_FILE = "qa_visual.json"
+QA_TEXT_FILE = TEXT_QA_FILE  # yollava-text-only-qa.json (RAP / Yo'Chameleon schema)
+QA_VISUAL_FILE = VISUAL_QA_FILE  # yollava-visual-qa.json (Yo'LLaVA schema)
+DESCRIPTIONS = DESCRIPTIONS_FILE  # descriptions.json: subject -> true description (--descriptions)
 POOL_DIR = "pool"
 POOL_INDEX_FILE = "pool.jsonl"
-TRAIN_DIR = "train"
-TEST_DIR = "test"
+TRAIN_DIR = TRAIN
+TEST_DIR = TEST
 IDENTIFIER_FORMAT = "<{name}>"
+# the published files' placeholders (visual QA writes <sks>, text QA a bare sks); yollava.evaluate.qa_files
+# replaces either with the concept's identifier
+QA_PLACEHOLDER = "<sks>"
+TEXT_QA_PLACEHOLDER = "sks"
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +66,8 @@ MAX_CONCEPTS = 200
 # Train scenes are mostly the subject alone (like a user's photos); test scenes always add others.
 TRAIN_DISTRACTORS = (0, 0, 1)
 TEST_DISTRACTORS = (1, 2, 3)
-# Visual questions asked per test image (of the four kinds, the applicable ones in turn).
-VISUAL_QUESTIONS_PER_IMAGE = 2
+# Options per question: the published files have two (A, B)
+N_OPTIONS = 2
 # PNG zlib level 1: ~2x faster than the default level 6 for ~10 % larger files (~1 KB at 64 px).
 PNG_COMPRESS_LEVEL = 1
 
@@ -299,7 +306,7 @@ def _wrong_options(correct: str, candidates: list[str], n_wrong: int, rng, prefe
 
 
 def text_questions(spec: ConceptSpec, partner: ConceptSpec | None, seed: int, offset: int) -> list[dict]:
-    """Text-only multiple-choice questions about a concept's attributes (2- and 4-option).
+    """Text-only two-option questions about a concept's attributes, one per attribute.
 
     Args:
         spec: the concept.
@@ -308,7 +315,8 @@ def text_questions(spec: ConceptSpec, partner: ConceptSpec | None, seed: int, of
         offset: rotation of the balanced answer positions (the concept's index).
 
     Returns:
-        Question dicts with ``id``, ``attribute``, ``question``, ``options``, ``answer`` (index).
+        Question dicts with ``attribute``, ``question`` (bare ``sks`` placeholder), ``options`` and
+        ``answer`` (the correct option's index).
     """
     rng = item_rng(seed, f"qa/{spec.name}/text", 0)
     subject = spec.subject
@@ -319,18 +327,17 @@ def text_questions(spec: ConceptSpec, partner: ConceptSpec | None, seed: int, of
         if attribute == "accessory_color":
             candidates = [c for c in candidates if c != subject.color]
         prefer = getattr(partner.subject, attribute) if partner else None
-        text = template.format(name=spec.identifier, accessory=subject.accessory)
-        for n_options in (2, 4):
-            if len(candidates) < n_options:
-                continue
-            wrong = _wrong_options(correct, candidates, n_options - 1, rng, prefer)
-            questions.append({"attribute": attribute, "question": text, "correct": correct, "wrong": wrong})
-    questions = _place_answers(questions, rng, offset)
-    return [{"id": f"{spec.name}/text/{i:02d}", **q} for i, q in enumerate(questions)]
+        text = template.format(name=TEXT_QA_PLACEHOLDER, accessory=subject.accessory)
+        wrong = _wrong_options(correct, candidates, N_OPTIONS - 1, rng, prefer)
+        questions.append({"attribute": attribute, "question": text, "correct": correct, "wrong": wrong})
+    return _place_answers(questions, rng, offset)
 
 
 def visual_questions(spec: ConceptSpec, scenes: list[Scene], seed: int, offset: int) -> list[dict]:
-    """Multiple-choice questions about the concept in its test images (place, side, count, neighbour).
+    """One two-option question per test image about the concept in it (place, side, count, neighbour).
+
+    The kinds rotate from image to image; a kind that does not apply to an image (no clear side, no
+    neighbour) passes to the next one.
 
     Args:
         spec: the concept.
@@ -339,7 +346,7 @@ def visual_questions(spec: ConceptSpec, scenes: list[Scene], seed: int, offset: 
         offset: rotation of the balanced answer positions (the concept's index).
 
     Returns:
-        Question dicts like :func:`text_questions` plus ``image`` (path relative to the concept dir).
+        Question dicts like :func:`text_questions` plus ``image`` (``test/<name>/NNN.png``).
     """
     rng = item_rng(seed, f"qa/{spec.name}/visual", 0)
     kinds = list(VISUAL_QUESTIONS)
@@ -347,13 +354,10 @@ def visual_questions(spec: ConceptSpec, scenes: list[Scene], seed: int, offset: 
     for i, scene in enumerate(scenes):
         size = scene.image_size
         present = {p.subject.family for p in scene.subjects}
-        asked = 0
         for kind in kinds[i % len(kinds):] + kinds[: i % len(kinds)]:
-            if asked == VISUAL_QUESTIONS_PER_IMAGE:
-                break
             centre = (scene.main.box[0] + scene.main.box[2]) / 2
             if kind == "background":
-                correct, wrong = scene.background, _wrong_options(scene.background, list(BACKGROUNDS), 3, rng, None)
+                correct, wrong = scene.background, _wrong_options(scene.background, list(BACKGROUNDS), 1, rng, None)
             elif kind == "side":
                 # A subject straddling the middle has no clear side: skip rather than guess.
                 if abs(centre - size / 2) < size / 10:
@@ -362,23 +366,32 @@ def visual_questions(spec: ConceptSpec, scenes: list[Scene], seed: int, offset: 
                 wrong = [w for w in SIDE_WORDS if w != correct]
             elif kind == "count":
                 correct = COUNT_WORDS[len(scene.distractors)]
-                wrong = [w for w in COUNT_WORDS if w != correct]
+                wrong = _wrong_options(correct, list(COUNT_WORDS), 1, rng, None)
             else:
                 absent = [f for f in FAMILIES if f not in present]
                 if not scene.distractors or not absent:
                     continue
                 correct = rng.choice(sorted({p.subject.family for p in scene.distractors}))
-                wrong = _wrong_options(correct, absent, 3 if len(absent) >= 3 else 1, rng, None)
+                wrong = _wrong_options(correct, absent, 1, rng, None)
             questions.append({
-                "image": f"{TEST_DIR}/{i:03d}.png",
+                "image": f"{TEST_DIR}/{spec.name}/{i:03d}.png",
                 "attribute": kind,
-                "question": VISUAL_QUESTIONS[kind].format(name=spec.identifier),
+                "question": VISUAL_QUESTIONS[kind].format(name=QA_PLACEHOLDER),
                 "correct": correct,
                 "wrong": wrong,
             })
-            asked += 1
-    questions = _place_answers(questions, rng, offset)
-    return [{"id": f"{spec.name}/visual/{i:02d}", **q} for i, q in enumerate(questions)]
+            break
+    return _place_answers(questions, rng, offset)
+
+
+def published_entry(question: dict, options_key: str) -> dict:
+    """A question in the published files' schema: ``question``, lettered options, ``correct_answer``."""
+    letters = "ABCDEFGHIJ"
+    return {
+        "question": question["question"],
+        options_key: {letters[i]: option for i, option in enumerate(question["options"])},
+        "correct_answer": letters[question["answer"]],
+    }
 
 
 def _write_json(path: Path, data) -> None:
@@ -434,11 +447,15 @@ def generate_benchmark(
 ) -> Path:
     """Write the toy benchmark in the Yo'LLaVA layout, atomically.
 
-    Layout under ``out_dir``: ``benchmark.json``; per concept ``<name>/train/NNN.png``,
-    ``<name>/test/NNN.png``, ``<name>/subject.json``, ``<name>/scenes.jsonl`` (scene graph of
-    every image), ``<name>/qa_text.json``, ``<name>/qa_visual.json``; ``pool/NNNNN.png`` with
-    ``pool/pool.jsonl`` (path relative to ``pool/``, main-subject attributes, planted-lookalike
-    link and scene graph per line). Everything is written into ``.<out_dir>.tmp-*`` first and
+    Layout under ``out_dir`` (the published yollava-data layout, split first): ``train/<name>/NNN.png``
+    and ``test/<name>/NNN.png`` per concept; ``yollava-visual-qa.json`` (one question per test photo,
+    the Yo'LLaVA repository's schema) and ``yollava-text-only-qa.json`` (one question per attribute,
+    the RAP / Yo'Chameleon schema), both with the ``<sks>`` placeholder; ``descriptions.json``
+    (subject -> its true description, for ``yollava eval --method description``);
+    ``subjects/<name>/subject.json`` and ``subjects/<name>/scenes.jsonl`` (the scene graph of every
+    image, paths relative to ``out_dir``); ``benchmark.json``; ``pool/NNNNN.png`` with
+    ``pool/pool.jsonl`` (path relative to ``pool/``, main-subject attributes, planted-lookalike link
+    and scene graph per line). Everything is written into ``.<out_dir>.tmp-*`` first and
     swapped into place at the end, so a crash never leaves a half-written benchmark.
 
     Args:
@@ -495,10 +512,17 @@ def _write_all(plan: BenchmarkPlan, root: Path, show_progress: bool) -> dict:
     with _progress(show_progress) as bar:
         concept_task = bar.add_task("concepts", total=n_concept_images, info="", log_every=max(1, n_concept_images // 10))
         pool_task = bar.add_task("pool", total=plan.pool_size, info="", log_every=max(1, plan.pool_size // 10))
+        text_qa: dict[str, dict] = {}
+        visual_qa: dict[str, dict] = {}
         for offset, spec in enumerate(plan.concepts):
-            counts_q = _write_concept(plan, spec, root / spec.name, offset, lambda: bar.advance(concept_task))
-            counts["qa_text"] += counts_q[0]
-            counts["qa_visual"] += counts_q[1]
+            text, visual = _write_concept(plan, spec, root, offset, lambda: bar.advance(concept_task))
+            text_qa[spec.name] = {str(i): published_entry(q, "option") for i, q in enumerate(text)}
+            visual_qa[spec.name] = {q["image"]: published_entry(q, "options") for q in visual}
+            counts["qa_text"] += len(text)
+            counts["qa_visual"] += len(visual)
+        _write_json(root / QA_TEXT_FILE, text_qa)
+        _write_json(root / QA_VISUAL_FILE, visual_qa)
+        _write_json(root / DESCRIPTIONS, {spec.name: describe_subject(spec.subject) for spec in plan.concepts})
         pool = root / POOL_DIR
         pool.mkdir()
         width = max(5, len(str(plan.pool_size - 1)))
@@ -520,32 +544,29 @@ def _write_all(plan: BenchmarkPlan, root: Path, show_progress: bool) -> dict:
     return counts
 
 
-def _write_concept(plan: BenchmarkPlan, spec: ConceptSpec, folder: Path, offset: int, tick) -> tuple[int, int]:
-    """One concept's images, scene graphs, subject.json and QA files; returns (#text, #visual) questions."""
+def _write_concept(plan: BenchmarkPlan, spec: ConceptSpec, root: Path, offset: int, tick) -> tuple[list[dict], list[dict]]:
+    """One concept's images, scene graphs and subject.json; returns its (text, visual) questions."""
     scenes_by_split: dict[str, list[Scene]] = {}
     records = []
     for split, count in ((TRAIN_DIR, plan.n_train), (TEST_DIR, plan.n_test)):
-        (folder / split).mkdir(parents=True)
+        (root / split / spec.name).mkdir(parents=True)
         scenes_by_split[split] = []
         for i in range(count):
             scene = plan.concept_scene(spec.name, split, i)
-            path = f"{split}/{i:03d}.png"
-            _save_png(scene, folder / path)
+            path = f"{split}/{spec.name}/{i:03d}.png"
+            _save_png(scene, root / path)
             scenes_by_split[split].append(scene)
             records.append({"path": path, "split": split, "index": i, "scene": scene.to_dict()})
             tick()
-    with open(folder / SCENES_FILE, "w", encoding="utf-8") as handle:
+    meta = root / SUBJECTS_DIR / spec.name
+    meta.mkdir(parents=True)
+    with open(meta / SCENES_FILE, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
     partner = _partner(plan, spec)
     subject = spec.to_dict()
     subject["pool_lookalikes"] = sum(1 for name, _ in plan.pool_lookalikes.values() if name == spec.name)
-    _write_json(folder / SUBJECT_FILE, subject)
-    text_qa = text_questions(spec, partner, plan.seed, offset)
-    visual_qa = visual_questions(spec, scenes_by_split[TEST_DIR], plan.seed, offset)
-    for file_name, kind, items in ((QA_TEXT_FILE, "text", text_qa), (QA_VISUAL_FILE, "visual", visual_qa)):
-        qa = {"concept": spec.name, "identifier": spec.identifier, "kind": kind, "questions": items}
-        _write_json(folder / file_name, qa)
-    return len(text_qa), len(visual_qa)
+    _write_json(meta / SUBJECT_FILE, subject)
+    return text_questions(spec, partner, plan.seed, offset), visual_questions(spec, scenes_by_split[TEST_DIR], plan.seed, offset)
 
 
 def _partner(plan: BenchmarkPlan, spec: ConceptSpec) -> ConceptSpec | None:
@@ -574,10 +595,13 @@ def _benchmark_summary(plan: BenchmarkPlan, counts: dict) -> dict:
         "pool_lookalikes": len(plan.pool_lookalikes),
         "counts": counts,
         "files": {
-            "subject": SUBJECT_FILE,
-            "scenes": SCENES_FILE,
+            "train": f"{TRAIN_DIR}/<name>/",
+            "test": f"{TEST_DIR}/<name>/",
+            "subject": f"{SUBJECTS_DIR}/<name>/{SUBJECT_FILE}",
+            "scenes": f"{SUBJECTS_DIR}/<name>/{SCENES_FILE}",
             "qa_text": QA_TEXT_FILE,
             "qa_visual": QA_VISUAL_FILE,
+            "descriptions": DESCRIPTIONS,
             "pool_index": f"{POOL_DIR}/{POOL_INDEX_FILE}",
         },
     }

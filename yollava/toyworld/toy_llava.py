@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,11 @@ def save_toy_llava(out: str | Path, model: LlavaForConditionalGeneration, tokeni
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def free_names(tokenizer: Any) -> tuple[str, ...]:
+    """The placeholder names ``<x00>``... of the tokenizer, in order: pretraining introduces subjects by them."""
+    return tuple(sorted(t for t in tokenizer.get_vocab() if re.fullmatch(r"<x\d\d>", t)))
+
+
 def toy_llava_folder() -> Path:
     """Where ``--model toy`` loads from: ``$YOLLAVA_TOY_LLAVA`` if set (a model built with
     ``scripts/pretrain_toy.py --out DIR``), else the shipped ``yollava/assets/toy_llava``."""
@@ -190,4 +196,5 @@ def load_toy_base(path: str | Path | None = None) -> Base:
         model=model, tokenizer=tokenizer, image_processor=clip_image_processor(model.config.vision_config.image_size),
         model_id=MODEL_ID, revision=record.get("revision"), image_token_id=model.config.image_token_id,
         num_image_tokens=count_image_tokens(model.config), base_tokenizer_size=len(tokenizer),
+        free_names=free_names(tokenizer),
     )

@@ -71,7 +71,7 @@ def build_eval_set(mix: DataMix, seed: int, n: int = 400) -> EvalSet:
 @torch.no_grad()
 def yes_no_predictions(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: Any,
                        fresh: torch.Generator | None = None, batch_size: int = 32) -> list[bool]:
-    """Yes (True) / No from the first answer token's logits, as yollava's RecognitionScorer scores.
+    """Yes (True) / No from the first answer token's logits, as yollava's YesNoScorer scores.
 
     ``fresh``: placeholder names get new identifiers' vectors (see :func:`~yollava.toyworld.pretrain.batches.forward_hidden`).
     """

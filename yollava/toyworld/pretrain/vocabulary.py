@@ -44,6 +44,11 @@ KNOWN_TOKENS = tuple(f"<p{i:02d}>" for i in range(64))
 # Words, "'s" (one token, so "Riley's" decodes back to "Riley's"), and single punctuation marks.
 WORD_PATTERN = r"'s|\w+|[^\w\s]"
 _TEMPLATE_FIELD = re.compile(r"\{\w+\}")
+# The templates/ files whose words the toy tokenizer holds: the ones its pretraining mix asks in
+# (chat format, recognition and conversation phrasings). templates/evaluation.yaml (yollava eval's
+# wordings, issue 15) is not among them: its words would add 21 tokens, move ids and change the
+# pinned quick build (tests/pins/toy_pretrain_quick.json) and the shipped weights' vocabulary.
+PRETRAIN_TEMPLATES = ("conversation", "llava_v1", "recognition")
 
 
 def split_text(text: str) -> list[str]:
@@ -62,9 +67,9 @@ def _template_strings(value: Any) -> list[str]:
 
 
 def template_words() -> set[str]:
-    """Every word of every file in templates/ (system prompt, recognition and conversation phrasings)."""
+    """Every word of the templates/ files pretraining asks in (:data:`PRETRAIN_TEMPLATES`)."""
     words: set[str] = set()
-    for path in sorted(templates_dir().glob("*.yaml")):
+    for path in (templates_dir() / f"{name}.yaml" for name in PRETRAIN_TEMPLATES):
         for text in _template_strings(yaml.safe_load(path.read_text(encoding="utf-8"))):
             words.update(split_text(text))
     return words
@@ -90,7 +95,7 @@ def _data_words() -> set[str]:
 
 
 def required_words() -> list[str]:
-    """The toy tokenizer's words: world vocabulary, templates/*.yaml, the data mix, capitalised forms.
+    """The toy tokenizer's words: world vocabulary, the pretraining templates, the data mix, capitalised forms.
 
     Returns:
         Sorted words (no special tokens, no placeholder names).

@@ -1,0 +1,42 @@
+"""``soft-prompt``: the trained Yo'LLaVA concept (identifier, 16 latent tokens, one head row) in front of the question."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
+
+from yollava.concept import ConceptTokens, detach, load_concept, read_record
+from yollava.methods.personalization import Method, MethodContext, MethodInputs, Personalization
+
+
+def concept_personalization(tokens: ConceptTokens) -> Personalization:
+    """A concept's soft prompt as a :class:`Personalization` (the concept must be attached): what training scores each epoch."""
+    return Personalization(method=SoftPrompt.name, subject=tokens.name, identifier=tokens.identifier, prefix=tokens.soft_prompt)
+
+
+class SoftPrompt(Method):
+    """The concept ``<store>/<subject>/`` (trained by ``yollava train --concept <subject>``), attached while it is scored."""
+
+    name = "soft-prompt"
+    trains = True
+
+    def check(self, inputs: MethodInputs, subject: str) -> None:
+        read_record(inputs.store, subject)
+
+    @contextmanager
+    def personalize(self, ctx: MethodContext, subject: str) -> Iterator[Personalization]:
+        artifact = load_concept(ctx.base, ctx.inputs.store, subject)
+        tokens = artifact.params.tokens
+        # the record's typed fields, and the free-form provenance train writes beside them (seconds, positives)
+        training = artifact.record.training
+        extra = (training.model_extra or {}) if training is not None else {}
+        try:
+            yield replace(
+                concept_personalization(tokens), train_seconds=extra.get("seconds"),
+                info={"concept": subject, "store": str(ctx.inputs.store), "k": tokens.k,
+                      "weights_sha256": artifact.record.weights_sha256, "best_epoch": training.best_epoch if training else None,
+                      "trained_on": [p["path"] for p in extra.get("positives", [])]},
+            )
+        finally:
+            detach(ctx.base, subject)
