@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ from PIL import Image
 pytest.importorskip("gradio")
 
 from conftest import make_image  # noqa: E402
-from yollava import cli  # noqa: E402
 from yollava.config import load_config  # noqa: E402
 from yollava.data import NegativeSource  # noqa: E402
 from yollava.errors import YollavaError  # noqa: E402
@@ -323,11 +321,12 @@ def test_teach_train_chat_compare_cancel_remove(page):
     assert "concept 'ghost' not found" in _app_error(lambda: client.predict(["ghost"], None, "hi", [], api_name="/chat"))
 
     # compare: the evaluation suite's soft prompt and in-context methods, side by side
-    if server and _suite_installed():
-        soft, references, context, numbers = client.predict("bo", _files(photos[3:])[0], "Is <bo> in this photo?", 2, api_name="/compare")
-        assert len(references) == 2 and "P(Yes)" in soft and "P(Yes)" in context
-        assert 0.0 <= numbers["soft prompt"]["p_yes"] <= 1.0 and numbers["soft prompt"]["tokens"] == 18  # <bo> is <bo_1>...<bo_16>.
-        assert numbers["in-context"]["references"] == 2 and numbers["in-context"]["tokens"] > 2 * server.base.num_image_tokens
+    soft, references, context, numbers = client.predict("bo", _files(photos[3:])[0], "Is <bo> in this photo?", 2, api_name="/compare")
+    assert len(references) == 2 and "P(Yes)" in soft and "P(Yes)" in context
+    assert 0.0 <= numbers["soft-prompt"]["p_yes"] <= 1.0
+    # "<bo> is <bo_1>...<bo_16>." is 19 tokens at least; the tiny BPE may split "is"/"." and the separating space
+    assert 19 <= numbers["soft-prompt"]["tokens"] <= 21
+    assert numbers["in-context"]["references"] == 2 and numbers["in-context"]["tokens"] > 2 * server.base.num_image_tokens
 
     # a cancelled training leaves the store untouched; chat answered meanwhile
     client.predict("mam", _files(photos[1:]), "folder", 3, False, api_name="/teach")
@@ -347,12 +346,6 @@ def test_teach_train_chat_compare_cancel_remove(page):
     assert not any((store / UPLOADS_DIR / "photos").iterdir())
     assert "not found" in _app_error(lambda: client.predict("bo", api_name="/remove"))
     assert "invalid concept name" in _app_error(lambda: client.predict("../../x", api_name="/remove"))
-
-
-def _suite_installed() -> bool:
-    from yollava.web.compare import missing_suite
-
-    return missing_suite() is None
 
 
 def test_the_page_refuses_a_path_that_is_not_an_upload(page, tmp_path):

@@ -159,16 +159,11 @@ def test_teach_watch_chat_compare_in_chromium(served, browser, shots):
 
     # Compare: soft prompt vs in-context on a photo
     _tab(driver, "Compare")
-    from yollava.web.compare import missing_suite
-
-    if missing_suite() is None:
-        _upload_image(driver, "yl-compare-photo", test_photo)
-        driver.find_element(By.ID, "yl-compare").click()
-        _wait_text(driver, "#yl-soft", "P(Yes)", timeout=120)
-        _wait_text(driver, "#yl-context", "P(Yes)", timeout=120)
-        assert "personalization tokens" in _text(driver, "#yl-soft")
-    else:
-        assert "needs the evaluation suite" in _text(driver, "#yl-compare-intro")
+    _upload_image(driver, "yl-compare-photo", test_photo)
+    driver.find_element(By.ID, "yl-compare").click()
+    _wait_text(driver, "#yl-soft", "P(Yes)", timeout=120)
+    _wait_text(driver, "#yl-context", "P(Yes)", timeout=120)
+    assert "personalization tokens" in _text(driver, "#yl-soft")
     _shot(driver, shots, "compare")
 
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from yollava.errors import YollavaError  # noqa: E402
 from yollava.progress import TrainStage  # noqa: E402
 from yollava.web.assistant import Conversation, chat_examples  # noqa: E402
-from yollava.web.compare import MAX_REFERENCES, MethodAnswer, compare, missing_suite  # noqa: E402
+from yollava.web.compare import MAX_REFERENCES, MethodAnswer, compare  # noqa: E402
 from yollava.web.jobs import Job, JobState, job_progress  # noqa: E402
 from yollava.web.server import MAX_EPOCHS, WebServer  # noqa: E402
 from yollava.web.uploads import MAX_PHOTOS, MAX_UPLOAD_BYTES, MIN_PHOTOS, check_upload, display_name  # noqa: E402
@@ -454,11 +454,9 @@ def build_app(server: WebServer) -> gr.Blocks:
                 conversation = gr.State(Conversation())
 
             with gr.Tab("Compare", id="compare"):
-                missing = missing_suite()
                 gr.Markdown("One photo, one question, asked two ways: with the learned **soft prompt** (Yo'LLaVA: "
                             "k+2 tokens, trained) and **in-context** (PVIT's format: the concept's own training photos "
-                            "shown as *This is &lt;name&gt;.* before the scene, nothing trained)."
-                            + (f"\n\n**{missing}.**" if missing else ""), elem_id="yl-compare-intro")
+                            "shown as *This is &lt;name&gt;.* before the scene, nothing trained).", elem_id="yl-compare-intro")
                 with gr.Row():
                     with gr.Column(scale=1):
                         compare_concept = gr.Dropdown(usable0, value=usable0[0] if usable0 else None, label="concept", allow_custom_value=True)

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from yollava.errors import YollavaError
+from yollava.evaluate.scoring import check_fits, first_answer_tokens, generate, next_token_scores
 from yollava.forward import FeatureCache
+from yollava.methods import MethodContext, MethodInputs, build_query, get_method, tokens_per_query
+from yollava.methods.in_context import InContext
+from yollava.methods.soft_prompt import SoftPrompt, concept_personalization
 from yollava.web.assistant import MAX_QUESTION_CHARS, Assistant
 
 MAX_REFERENCES = 5
-SOFT_PROMPT = "soft prompt"
-IN_CONTEXT = "in-context"
+SOFT_PROMPT = SoftPrompt.name
+IN_CONTEXT = InContext.name
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,14 @@ class MethodAnswer:
     references: tuple[str, ...] = ()
 
 
-def missing_suite() -> str | None:
-    """None when the evaluation suite's methods are installed, else why Compare cannot run."""
-    try:
-        import yollava.evaluate.scoring  # noqa: F401
-        import yollava.methods  # noqa: F401
-    except ImportError as exc:
-        return f"Compare needs the evaluation suite's methods (yollava.methods), which this installation lacks ({exc.name} is missing)"
-    return None
+@dataclass
+class _StoredReferences(MethodInputs):
+    """Method inputs whose training photos are a concept's stored uploads rather than a benchmark's ``train/`` folder."""
+
+    photos: tuple[str, ...] = ()
+
+    def train_images(self, subject: str) -> list[str]:
+        return list(self.photos)
 
 
 def compare(assistant: Assistant, name: str, scene: str, question: str, references: Sequence[str], max_new_tokens: int = 64) -> list[MethodAnswer]:
@@ -65,15 +69,8 @@ def compare(assistant: Assistant, name: str, scene: str, question: str, referenc
     base with no concept attached and its tokenizer from before any concept, as ``yollava eval`` does.
 
     Raises:
-        YollavaError: the suite is missing, a bad question, no reference photo, or what loading the concept raises.
+        YollavaError: a bad question, no reference photo, or what loading the concept raises.
     """
-    reason = missing_suite()
-    if reason:
-        raise YollavaError(reason)
-    from yollava.methods import Personalization, plain_name
-    from yollava.methods.personalization import evaluation_template
-    from yollava.methods.soft_prompt import concept_personalization
-
     question = (question or "").strip()
     if not question:
         raise YollavaError("type a question first, e.g. Is <name> in this photo?")
@@ -90,21 +87,18 @@ def compare(assistant: Assistant, name: str, scene: str, question: str, referenc
         soft = concept_personalization(artifact.params.tokens)
         answers = [_ask(base, fmt, soft, SOFT_PROMPT, question, identifier, scene, cache, max_new_tokens)]
         assistant.release()
+        # the evaluation suite's in-context method itself, on the base as loaded (its tokenizer predates every concept)
         plain = base.plain()
-        person = Personalization(
-            method="in-context", subject=name, identifier=plain_name(plain, name), references=references,
-            reference_text=evaluation_template()["in_context"]["reference"],
-        )
-        answers.append(_ask(plain, fmt, person, IN_CONTEXT, question, identifier, scene, cache, max_new_tokens))
+        inputs = _StoredReferences(benchmark=None, store=assistant.store, refs=len(references), photos=references)  # type: ignore[arg-type]
+        ctx = MethodContext(inputs=inputs, base=plain, fmt=fmt, features=cache)
+        with get_method(IN_CONTEXT).personalize(ctx, name) as person:
+            answers.append(_ask(plain, fmt, person, IN_CONTEXT, question, identifier, scene, cache, max_new_tokens))
     return answers
 
 
 def _ask(base: Any, fmt: Any, person: Any, method: str, question: str, identifier: str, scene: str, cache: FeatureCache,
          max_new_tokens: int) -> MethodAnswer:
     """One method's answer, Yes/No probabilities and personalization tokens."""
-    from yollava.evaluate.scoring import check_fits, first_answer_tokens, generate, next_token_scores
-    from yollava.methods import build_query, tokens_per_query
-
     asked = question.replace(identifier, person.identifier)
     query = build_query(base, fmt, person, asked, scene)
     check_fits(base, query, method)
