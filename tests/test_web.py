@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytest.importorskip("gradio")
+# scripts/install.sh installs the web extra (and fails without it), so only a venv made without it
+# (the laion one, whose transformers 4.57 refuses gradio 6's huggingface-hub) skips these
+pytest.importorskip("gradio", reason="the web extra (gradio) is not installed: pip install -e '.[web]'")
 
 from conftest import make_image  # noqa: E402
 from yollava.config import load_config  # noqa: E402
@@ -356,3 +358,17 @@ def test_the_page_refuses_a_path_that_is_not_an_upload(page, tmp_path):
         received(str(outside))
     with pytest.raises(YollavaError, match="did not arrive"):
         received(os.path.join(os.environ["GRADIO_TEMP_DIR"], "..", "secret.png"))
+
+
+def test_the_charts_start_with_numeric_axes():
+    # the browser keeps a chart's axis types and series from its first value: an untyped empty frame made accuracy a category axis
+    import gradio as gr
+
+    from yollava.web.app import _loss_frame, _recognition_frame
+
+    assert gr.LinePlot(x="epoch", y="loss").postprocess(_loss_frame(None)).datatypes == {"epoch": "quantitative", "loss": "quantitative"}
+    empty = _recognition_frame(None)
+    types = gr.LinePlot(x="epoch", y="accuracy", color="series").postprocess(empty).datatypes
+    assert types == {"epoch": "quantitative", "accuracy": "quantitative", "series": "nominal"}
+    # and a coloured chart fixes its series at first render: every series is there, as undrawn points
+    assert sorted(empty["series"]) == ["negative photos", "positive photos", "weighted"] and empty["accuracy"].isna().all()

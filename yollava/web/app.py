@@ -30,6 +30,9 @@ TICK_S = 1.0
 CSS = """
 .yl-note {opacity: 0.8; font-size: 0.9em}
 .yl-progress progress {width: 100%; height: 14px}
+/* gradio 6 lays a gallery out in min(columns, items) columns: one photo would fill the whole box */
+#yl-gallery .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
+#yl-preview .grid-container, #yl-refs .grid-container {grid-template-columns: repeat(5, minmax(0, 1fr)) !important}
 """
 
 
@@ -369,16 +372,25 @@ def _escape_keep_tags(text: str) -> str:
 
 def _loss_frame(job: Job | None) -> pd.DataFrame:
     rows = job.losses if job else []
-    return pd.DataFrame({"epoch": [r[0] for r in rows], "loss": [r[1] for r in rows]})
+    # typed even when empty: the chart keeps the axis types of its first value (object columns plot as categories)
+    return pd.DataFrame({"epoch": [r[0] for r in rows], "loss": [r[1] for r in rows]}).astype({"epoch": float, "loss": float})
+
+
+RECOGNITION_SERIES = {"weighted": "weighted", "positive": "positive photos", "negative": "negative photos"}
+RECOGNITION_COLORS = {"weighted": "#4f46e5", "positive photos": "#16a34a", "negative photos": "#dc2626"}
 
 
 def _recognition_frame(job: Job | None) -> pd.DataFrame:
     rows = []
     for record in job.epochs if job else []:
-        for key, series in (("weighted", "weighted"), ("positive", "positive photos"), ("negative", "negative photos")):
+        for key, series in RECOGNITION_SERIES.items():
             if record.get(key) is not None:
                 rows.append({"epoch": record["epoch"], "accuracy": record[key], "series": series})
-    return pd.DataFrame(rows, columns=["epoch", "accuracy", "series"])
+    if not rows:
+        # one undrawn (NaN) point per series: gradio 6 fixes a coloured chart's series when it first renders,
+        # so a chart that starts empty would never draw the lines that arrive later
+        rows = [{"epoch": 1.0, "accuracy": float("nan"), "series": series} for series in RECOGNITION_SERIES.values()]
+    return pd.DataFrame(rows, columns=["epoch", "accuracy", "series"]).astype({"epoch": float, "accuracy": float, "series": str})
 
 
 def build_app(server: WebServer) -> gr.Blocks:
@@ -429,7 +441,8 @@ def build_app(server: WebServer) -> gr.Blocks:
                 with gr.Row():
                     loss_plot = gr.LinePlot(_loss_frame(None), x="epoch", y="loss", title="training loss (mean of the last 20 steps)", height=240)
                     recognition_plot = gr.LinePlot(_recognition_frame(None), x="epoch", y="accuracy", color="series",
-                                                   title="recognition on the training photos, per epoch", y_lim=[0, 1], height=240)
+                                                   title="recognition on the training photos, per epoch", y_lim=[0, 1], height=240,
+                                                   color_map=RECOGNITION_COLORS)
                 with gr.Row():
                     queue_table = gr.Dataframe(pd.DataFrame(columns=["job", "concept", "state", "stage", "progress"]), label="queue",
                                                interactive=False, elem_id="yl-queue")
@@ -469,7 +482,7 @@ def build_app(server: WebServer) -> gr.Blocks:
                         soft_out = gr.Markdown(elem_id="yl-soft")
                     with gr.Column(scale=1):
                         gr.Markdown("#### In-context")
-                        ref_gallery = gr.Gallery(label="its reference photos", columns=5, height=120, allow_preview=False)
+                        ref_gallery = gr.Gallery(label="its reference photos", columns=5, height=140, allow_preview=False, elem_id="yl-refs")
                         context_out = gr.Markdown(elem_id="yl-context")
                 compare_json = gr.JSON(visible=False)
 
