@@ -287,6 +287,7 @@ def test_bad_uploads_are_refused_with_a_message(page):
     message = _app_error(lambda: client.predict("bo", _files(photos[:3] + [root / "notes.png"]), "folder", 1, False, api_name="/teach"))
     assert "1 of 4 photo(s) refused: photo 4 (notes.png): not an image" in message
     assert "from 3 to 10 photos" in _app_error(lambda: client.predict("bo", _files(photos[:2]), "folder", 1, False, api_name="/teach"))
+    assert "give the concept a name first" in _app_error(lambda: client.predict("", _files(photos[:3]), "folder", 1, False, api_name="/teach"))
     assert "invalid concept name '../bo'" in _app_error(lambda: client.predict("../bo", _files(photos[:3]), "folder", 1, False, api_name="/teach"))
     # a path instead of a negatives choice: gradio's dropdown refuses it, and so would the server behind it
     assert "not in the list of choices" in _app_error(lambda: client.predict("bo", _files(photos[:3]), "/etc", 1, False, api_name="/teach"))

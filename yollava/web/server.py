@@ -242,6 +242,8 @@ class WebServer:
         Raises:
             YollavaError: one line naming every problem found (name, photos, negatives, epochs, existing concept).
         """
+        if not name:
+            raise YollavaError("give the concept a name first, e.g. bo (a-z, 0-9, '_' or '-')")
         validate_name(name)
         if negatives not in self.choices:
             raise YollavaError(f"unknown negatives choice '{str(negatives)[:40]}'; pick one of the list")
