@@ -66,6 +66,39 @@ def test_serve_on_a_network_host_without_login_fails_in_one_line_before_loading(
     assert_user_error(code, err, "--pool", "no such directory")
 
 
+def test_serve_listens_on_127_0_0_1_by_default(capsys, monkeypatch, tmp_path):
+    from test_cli import run_cli
+
+    import yollava.web.app as app_module
+
+    calls = []
+
+    def fake_launch(app, host, port, auth, **kwargs):
+        calls.append((host, port, auth))
+        raise KeyboardInterrupt  # as Ctrl-C right after the page is up: serve stops cleanly
+
+    monkeypatch.setattr(app_module, "launch", fake_launch)
+    code, _, err = run_cli(["serve", "--model", "tiny", "--store", str(tmp_path / "store")], capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    assert calls == [("127.0.0.1", 7860, None)]
+    assert "stopping" in err and "Traceback" not in err
+
+
+def test_the_page_never_opens_a_share_link(monkeypatch):
+    import gradio as gr
+
+    from yollava.web.app import launch
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("GRADIO_SHARE", "True")  # an environment asking for one changes nothing
+    with gr.Blocks() as app:
+        gr.Markdown("x")
+    launch(app, "0.0.0.0", 7860, ("me", "pw"), block=False)
+    assert seen["share"] is False and seen["server_name"] == "0.0.0.0" and seen["auth"] == ("me", "pw")
+    assert seen["mcp_server"] is False and seen["inbrowser"] is False
+
+
 # ----------------------------------------------------------------------------- uploads
 
 
