@@ -302,6 +302,7 @@ def _no_model(monkeypatch):
     (["--method", "nope"], lambda w: None, ("--method nope: unknown method",)),
     (["--task", "nope"], lambda w: None, ("--task nope: unknown task",)),
     (["--concept", "bo"], lambda w: None, ("given twice",)),
+    (["train.nope=1"], lambda w: None, ("train.nope",)),
 ])
 def test_eval_bad_input_is_one_line_and_writes_nothing(eval_workspace, capsys, monkeypatch, extra, build, fragments):
     workspace, data = eval_workspace
@@ -331,3 +332,21 @@ def test_eval_every_task_and_several_methods_on_the_published_layout(eval_worksp
     code, out, err = run_cli(["report", "out.json", "--out", "table"], capsys, monkeypatch, workspace)
     assert code == 0, err
     assert "in-context (2 refs)" in out and (workspace / "table" / "recognition_vs_tokens.png").is_file()
+
+
+def test_eval_passes_config_overrides_to_its_cache(eval_workspace, capsys, monkeypatch):
+    """KEY=VALUE arguments reach the run's cache settings (at 13B the prefix budget decides what is recomputed)."""
+    import yollava.forward
+
+    workspace, data = eval_workspace
+    seen = {}
+    real = yollava.forward.make_cache
+
+    def spy(base, train, *args, **kwargs):
+        seen["gb"] = train.prefix_cache_gb
+        return real(base, train, *args, **kwargs)
+
+    monkeypatch.setattr(yollava.forward, "make_cache", spy)
+    code, _, err = run_cli(["eval", "--concept", "bo", "--data", str(data), "train.prefix_cache_gb=0.5"], capsys, monkeypatch, workspace)
+    assert code == 0, err
+    assert seen == {"gb": 0.5}

@@ -286,6 +286,7 @@ def evaluate(
     generation: bool = typer.Option(True, "--generation/--no-generation", help="also score whole greedy answers (any answer that is not a coherent yes/no or an option counts wrong)"),
     caption_negatives: int = typer.Option(1, "--caption-negatives", help="test photos per other subject captioned for the caption false-mention rate"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="cap on every generated answer (default: each task's own length)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.prefix_cache_gb=100 (how many test photos' prefixes stay on the GPU)"),
 ) -> None:
     """Score concepts on the Yo'LLaVA benchmark tasks, for every way of giving the model a subject.
 
@@ -302,7 +303,7 @@ def evaluate(
     _flush_denormals()
     plan = plan_evaluation(data, list(concept), task, method, list(qa or []), store, refs, descriptions, generation, caption_negatives, max_new_tokens)
     name = model or plan.concept_base
-    cfg = load_config(overrides=[f"model.name={name}"] if name else None)
+    cfg = load_config(overrides=_overrides(name, overrides))
     base = load_base(cfg.model)
     # one cache for the whole run (train.prefix_cache*: image features and prefix keys/values), so
     # every test photo's prefix is computed once for every task, method and concept
