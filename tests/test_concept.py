@@ -239,3 +239,24 @@ def test_attached_detaches_on_errors(tiny_base):
         with attached(tiny_base, params):
             raise RuntimeError("boom")
     assert attached_names(tiny_base) == []
+
+
+def test_a_shared_weights_base_has_its_own_concepts_and_no_weight_copied(tmp_path):
+    from yollava.base import share_weights
+
+    base = build_tiny_base()
+    twin = share_weights(base)
+    pointers = lambda b: [t.data_ptr() for t in (*b.model.parameters(), *b.model.buffers())]  # noqa: E731
+    assert pointers(twin) == pointers(base) and twin.model is not base.model
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        reference = base.model(input_ids=ids).logits
+    n = base.base_tokenizer_size
+    with attached(twin, init_concept(twin, "bo", ConceptConfig(k=2))):
+        assert attached_names(twin) == ["bo"] and attached_names(base) == []
+        assert "<bo>" in twin.tokenizer.get_vocab() and "<bo>" not in base.tokenizer.get_vocab()
+        with torch.no_grad():
+            torch.testing.assert_close(base.model(input_ids=ids).logits, reference, rtol=0, atol=0)
+            torch.testing.assert_close(twin.model(input_ids=ids).logits[..., :n], reference[..., :n], rtol=0, atol=0)  # concept ids past the vocabulary differ
+    with pytest.raises(ValueError, match="before attaching"):
+        share_weights(twin)

@@ -197,3 +197,66 @@ def test_a_crash_while_checkpointing_resumes_from_the_previous_checkpoint(tiny_c
     rows = load_tensors(resumed.run_dir / "checkpoint.safetensors")
     for key in ("embed_rows", "head_rows", "best_embed_rows"):
         torch.testing.assert_close(rows[key], ref_rows[key], rtol=0, atol=1e-6)
+
+
+def test_an_observer_sees_every_step_photo_and_epoch_in_order(tiny_config, image_dirs, tmp_path):
+    from yollava.progress import TrainStage
+
+    pos, neg = image_dirs
+    events = []
+    result = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "store", base=build_tiny_base(), observer=events.append)
+    samples = sum(json.loads((tmp_path / "store" / "bo" / CONCEPT_JSON).read_text())["training"]["samples"].values())
+    # scoring reports once per scoring batch (main's batched scorer), so runs of score events are collapsed
+    stages = [e.stage for i, e in enumerate(events) if not (e.stage == TrainStage.score and events[i - 1].stage == TrainStage.score)]
+    per_epoch = [TrainStage.train] * samples + [TrainStage.score, TrainStage.epoch]
+    assert stages == per_epoch * 2 + [TrainStage.save]
+    for epoch in (1, 2):
+        scored = [e.done for e in events if e.stage == TrainStage.score and e.epoch == epoch]
+        assert scored == sorted(set(scored)) and scored[-1] == 12  # counts rise to every training photo
+        assert all(e.total == 12 for e in events if e.stage == TrainStage.score)
+    steps = [e for e in events if e.stage == TrainStage.train]
+    assert [(e.epoch, e.done) for e in steps] == [(epoch, step) for epoch in (1, 2) for step in range(1, samples + 1)]
+    assert all(e.total == samples and e.epochs == 2 and e.loss > 0 for e in steps)
+    assert [e.record for e in events if e.stage == TrainStage.epoch] == result.history
+    etas = [e.eta_s for e in events if e.stage != TrainStage.save]
+    assert all(eta is not None and eta >= 0 for eta in etas)
+    assert etas[-1] == 0.0 and events[-1].eta_s == 0.0  # after the last epoch nothing is left
+    elapsed = [e.elapsed_s for e in events]
+    assert elapsed == sorted(elapsed)
+
+
+def test_an_observer_that_raises_stops_the_run_and_leaves_the_store_untouched(tiny_config, image_dirs, tmp_path):
+    from yollava.progress import TrainStage
+
+    class Stop(Exception):
+        pass
+
+    pos, neg = image_dirs
+    store = tmp_path / "store"
+    tiny_config.train.epochs = 1
+    train_concept(tiny_config, "bo", pos, neg, store=store, base=build_tiny_base())
+    before = {name: (store / "bo" / name).read_bytes() for name in (CONCEPT_JSON, CONCEPT_WEIGHTS)}
+    tiny_config.train.epochs = 3
+
+    def stop_at(stage, epoch):
+        def observer(event):
+            if event.stage == stage and event.epoch == epoch:
+                raise Stop
+        return observer
+
+    # in the first epoch: no checkpoint yet, so nothing is left to resume
+    runs = tmp_path / "runs" / "bo"
+    existing = set(runs.iterdir())
+    with pytest.raises(Stop):
+        train_concept(tiny_config, "bo", pos, neg, store=store, overwrite=True, base=build_tiny_base(), observer=stop_at(TrainStage.train, 1))
+    assert set(runs.iterdir()) == existing
+    # in the second: the first epoch's checkpoint is kept and the run resumes
+    with pytest.raises(Stop):
+        train_concept(tiny_config, "bo", pos, neg, store=store, overwrite=True, base=build_tiny_base(), observer=stop_at(TrainStage.score, 2))
+    # just before the save: every epoch done, still nothing stored
+    with pytest.raises(Stop):
+        train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base(), observer=stop_at(TrainStage.save, 3))
+    assert {name: (store / "bo" / name).read_bytes() for name in before} == before
+    resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert {name: (store / "bo" / name).read_bytes() for name in before} != before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,3 +101,19 @@ def clip_image_processor(size: int) -> Any:
     """CLIP preprocessing at ``size`` px, PIL-backed on transformers 5 (``CLIPImageProcessorPil``) and 4.57."""
     cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def share_weights(base: Base) -> Base:
+    """A second :class:`Base` over the same frozen weights, with its own modules, tokenizer and concept slots.
+
+    Two threads can then use one loaded model at once (``yollava serve`` trains on one while chatting
+    on the other) without either seeing the other's concepts. No weight is copied: every parameter
+    and buffer is the same tensor in both (the module objects around them are new).
+
+    Raises:
+        ValueError: a concept was attached to ``base`` (its tokenizer knows concept tokens): share first.
+    """
+    if len(base.tokenizer) != base.base_tokenizer_size:
+        raise ValueError("share the base's weights before attaching any concept to it")
+    shared = {id(tensor): tensor for tensor in itertools.chain(base.model.parameters(), base.model.buffers())}
+    return dataclasses.replace(base, model=copy.deepcopy(base.model, memo=shared), tokenizer=copy.deepcopy(base.tokenizer))

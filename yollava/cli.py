@@ -507,6 +507,58 @@ def demo(
     run_demo(out, model=model, epochs=epochs, console=err)
 
 
+@app.command()
+@negative_options()
+def serve(
+    source: Any,
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    store: Path = typer.Option(Path("concepts"), "--store", help=STORE_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1/localhost needs --auth or --insecure-no-auth"),
+    port: int = typer.Option(7860, "--port", help="port to listen on"),
+    auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS: the page asks for this login"),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="serve a network --host without a login (anyone who reaches it can teach, chat and remove)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys (training settings of the page)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.epochs=4"),
+) -> None:
+    """Open the web page: teach a concept from photos, watch it train, chat with it, compare soft prompt and in-context.
+
+    The page offers the negatives given here (one of --pool, --index or --service, and/or
+    --negatives); the browser picks one of them and never names a path.
+    """
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise YollavaError("yollava serve needs the web extra (gradio): pip install -e '.[web]'") from None
+    from yollava.config import load_config
+    from yollava.models import load_base
+    from yollava.web.server import WebServer, exposure, negative_choices, parse_auth
+
+    login = parse_auth(auth)
+    reach = exposure(host, login, insecure_no_auth)  # refuses an open network address before anything loads
+    cfg = load_config(config, _overrides(model, overrides))
+    choices = negative_choices(source)
+    _flush_denormals()
+    err.print(f"loading base model {cfg.model.name} ...", highlight=False)
+    server = WebServer(cfg, store, load_base(cfg.model), choices, console=err)
+    from yollava.web.app import build_app, launch
+
+    try:
+        try:
+            launch(build_app(server), host, port, login, block=False, quiet=True)
+        except OSError as exc:
+            raise YollavaError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port") from None
+        shown = f"[{host}]" if ":" in host else host
+        err.print(f"yollava serve: open http://{shown}:{port} — {reach}; Ctrl-C stops it", highlight=False, soft_wrap=True)
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        err.print("stopping: a training still running is cancelled and the concept store is left as it was", highlight=False)
+    finally:
+        server.close()
+
+
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
     from yollava.progress import quiet_third_party_bars

@@ -14,7 +14,7 @@ from yollava.config import Config, Recipe
 from yollava.data import ImageSets, NegativeSource, Sample, build_training_set, gather_images, resolve_recipe
 from yollava.evaluate.recognition import YesNoScorer
 from yollava.forward import FeatureCache, ImageRef, PrefixCache
-from yollava.progress import progress_bar
+from yollava.progress import TrainEvent, TrainObserver, TrainStage, progress_bar
 from yollava.prompts import ChatFormat, Turn, encode, render
 
 
@@ -91,18 +91,30 @@ class BaseAnswerer:
 
 def build_samples(
     inputs: TrainingInputs, base: Base, store: str | Path, config: Config, features: FeatureCache | PrefixCache,
-    console: Console, rebuild: bool = False, save_to: str | Path | None = None,
+    console: Console, rebuild: bool = False, save_to: str | Path | None = None, observer: TrainObserver | None = None,
 ) -> TrainingSet:
     """Build (or reuse) the concept's training set, with a progress bar over the conversation questions.
 
     ``save_to``: where a new set goes (default the store's ``data/``; a training run passes its own folder).
+    ``observer``: told of every answered question as a :class:`~yollava.progress.TrainEvent` of stage ``data``.
     """
     answerer = BaseAnswerer(base, ChatFormat.load(config.prompt.template), features, config.data.conversation_max_new_tokens)
     with progress_bar(console) as progress:
         task = progress.add_task("conversation data", total=None, info="")
+        counts = {"done": 0, "total": None}
+
+        def advance(n: int) -> None:
+            progress.update(task, advance=n)
+            counts["done"] += n
+            if observer is not None:
+                observer(TrainEvent(TrainStage.data, counts["done"], counts["total"]))
+
+        def set_total(n: int) -> None:
+            progress.update(task, total=n)
+            counts["total"] = n
+
         samples, info = build_training_set(
             answerer, inputs.name, inputs.images, store, config.data, rebuild=rebuild,
-            progress=lambda n: progress.update(task, advance=n), on_total=lambda n: progress.update(task, total=n),
-            save_to=save_to,
+            progress=advance, on_total=set_total, save_to=save_to,
         )
     return TrainingSet(samples, info)

@@ -1,11 +1,12 @@
-"""Progress for every long loop: a live bar on a terminal, plain log lines (counts, elapsed, ETA) otherwise."""
+"""Progress for every long loop: a live bar on a terminal, plain log lines (counts, elapsed, ETA) otherwise; events for observers."""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,6 +16,47 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 LOG_EVERY = 50
 # Environment switches of the libraries we call that draw their own tqdm bars.
 THIRD_PARTY_BARS_OFF = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+class TrainStage(str, Enum):
+    """The stages a training run reports to an observer, in the order they happen."""
+
+    data = "data"  # the base answers the conversation questions (done/total = questions)
+    train = "train"  # one optimizer step done (done/total = steps of this epoch)
+    score = "score"  # one training photo scored (done/total = photos)
+    epoch = "epoch"  # an epoch finished and was checkpointed (``record`` holds its metrics)
+    save = "save"  # every epoch is done; the concept is saved next (the last moment a stop leaves the store untouched)
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report of :func:`yollava.train.train_concept` to its ``observer``.
+
+    Attributes:
+        stage: what just happened (:class:`TrainStage`).
+        done / total: units done in this stage (steps, photos, questions) and how many there are.
+        epoch / epochs: the epoch in progress (1-based; 0 before training) and the configured number.
+        loss: stage ``train``: the mean loss of the last 20 steps; stage ``epoch``: the epoch's mean.
+        record: stage ``epoch``: the epoch's metrics as written to ``metrics.jsonl`` (loss, weighted,
+            positive, negative, elapsed_s, ...).
+        elapsed_s: seconds of training so far (a resumed run counts its earlier epochs).
+        eta_s: estimated seconds until the last configured epoch ends (None until a step is timed);
+            an upper bound when the run stops early.
+    """
+
+    stage: TrainStage
+    done: int = 0
+    total: int | None = None
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    record: dict[str, Any] | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+
+# Called with every event; raising from it stops the run as an interrupt would (store untouched).
+TrainObserver = Callable[[TrainEvent], None]
 
 
 def progress_bar(console: Console, *, every: int = LOG_EVERY) -> "Progress | LogProgress":

@@ -55,6 +55,8 @@ NEGATIVES_DIR = "negatives"
 DATA_INFO = "training_set.json"
 # base captions and summary of a subject's training photos (auto-long / auto-short), next to its concept
 AUTO_DESCRIPTION = "auto_description.json"
+# photos uploaded through `yollava serve`, by content hash (hidden: never listed as a concept)
+UPLOADS_DIR = ".uploads"
 
 # Names of the protocol's own files next to a target ``<parent>/<name>``.
 STAGING_INFIX = ".tmp-"

@@ -28,7 +28,7 @@ from yollava.methods.soft_prompt import concept_personalization
 from yollava.models import load_base
 from yollava.plots import plot_training_history
 from yollava.prepare import TrainingInputs, TrainingSet, build_samples, gather_inputs
-from yollava.progress import progress_bar
+from yollava.progress import TrainEvent, TrainObserver, TrainStage, progress_bar
 from yollava.prompts import ChatFormat, Turn, encode, load_template, render
 from yollava.storage import (
     CHECKPOINT_FILE,
@@ -221,6 +221,7 @@ def train_concept(
     base: Base | None = None,
     console: Console | None = None,
     no_negatives: bool = False,
+    observer: TrainObserver | None = None,
 ) -> TrainResult:
     """Learn a concept's soft prompt and save the best epoch to ``store/<name>/``.
 
@@ -242,6 +243,10 @@ def train_concept(
             loaded from ``config.model`` when None.
         console: where progress and messages go (stderr by default).
         no_negatives: train even when there are no negatives (the concept will say Yes to everything).
+        observer: called with a :class:`~yollava.progress.TrainEvent` after every conversation answer,
+            optimizer step, scored photo and epoch, and once before the save. An exception it raises
+            stops the run there exactly as Ctrl-C does: the store is untouched, a run with a
+            checkpoint can be resumed, and the exception reaches the caller (a web page cancels this way).
 
     Returns:
         A :class:`TrainResult`.
@@ -256,7 +261,7 @@ def train_concept(
     before = set(runs.iterdir()) if runs.is_dir() else set()
     with concept_lock(store, name):
         try:
-            return _run_recipe(config, name, images_dir, negatives, store, overwrite, resume, base, console, no_negatives)
+            return _run_recipe(config, name, images_dir, negatives, store, overwrite, resume, base, console, no_negatives, observer)
         except BaseException:
             _drop_unresumable_runs(runs, before)
             raise
@@ -272,6 +277,7 @@ def _drop_unresumable_runs(runs: Path, before: set[Path]) -> None:
 def _run_recipe(
     config: Config, name: str, images_dir: str | Path | None, negatives: NegativeSource | str | Path | None,
     store: str | Path, overwrite: bool, resume: bool, base: Base | None, console: Console, no_negatives: bool,
+    observer: TrainObserver | None = None,
 ) -> TrainResult:
     """:func:`train_concept` with the concept's lock held."""
     # setup: the run to continue (its own config and inputs) or a new one's inputs
@@ -302,7 +308,7 @@ def _run_recipe(
     cache = make_cache(base, config.train)
     run_dir = state.run_dir if state is not None else _new_run_dir(Path(config.train.runs_dir), name)
     # a new training set goes into the run folder and reaches the store with the concept, not before
-    training_set = build_samples(inputs, base, store, config, cache, console, save_to=run_dir / DATA_DIR)
+    training_set = build_samples(inputs, base, store, config, cache, console, save_to=run_dir / DATA_DIR, observer=observer)
 
     torch.manual_seed(config.train.seed)
     params = init_concept(base, name, config.concept, seed=config.train.seed)
@@ -315,7 +321,10 @@ def _run_recipe(
     if not state.best_rows:
         state.best_rows = params.rows()
     with attached(base, params):
-        _train_epochs(config, base, params, optimizer, inputs, training_set, cache, state, console)
+        _train_epochs(config, base, params, optimizer, inputs, training_set, cache, state, console, observer)
+        if observer is not None:
+            observer(TrainEvent(TrainStage.save, epoch=state.epoch, epochs=config.train.epochs,
+                                elapsed_s=state.history[-1]["elapsed_s"] if state.history else 0.0, eta_s=0.0))
         concept = ConceptParams(params.tokens, params.head_mode, state.best_rows["embed_rows"], state.best_rows["head_rows"])
         summary = _training_summary(config, inputs, training_set, state)
         plot_training_history(state.history, state.run_dir / RUN_PLOT, title=f"<{name}>")
@@ -337,7 +346,7 @@ def _start_run(config: Config, inputs: TrainingInputs, training_set: TrainingSet
 
 def _train_epochs(
     config: Config, base: Base, params: ConceptParams, optimizer: torch.optim.Optimizer, inputs: TrainingInputs,
-    training_set: TrainingSet, cache: FeatureCache | PrefixCache, state: RunState, console: Console,
+    training_set: TrainingSet, cache: FeatureCache | PrefixCache, state: RunState, console: Console, observer: TrainObserver | None = None,
 ) -> None:
     """Epochs from ``state.epoch`` on: train one pass, score the training photos, checkpoint, maybe stop."""
     fmt = ChatFormat.load(config.prompt.template)
@@ -356,12 +365,15 @@ def _train_epochs(
         f"{params.embed_rows.numel() + params.head_rows.numel()} trainable numbers, run dir {state.run_dir}"
     )
     started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
+    eta = _Eta(state.epoch, config.train.epochs, steps_per_epoch)
+    notify = observer or (lambda event: None)
     with progress_bar(console) as progress:
         epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="", log_every=1)
         for epoch in range(state.epoch, config.train.epochs):
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
+            eta.start_epoch(epoch)
             losses: list[float] = []
-            for indices in epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window):
+            for step, indices in enumerate(epoch_batches(lengths, batch_size, config.train.seed, epoch, config.train.bucket_window)):
                 chunk = [encoded[i] for i in indices]
                 batch = collate([(e.input_ids, e.labels, e.images) for e in chunk], pad_id, base.device)
                 loss = supervised_loss(base, batch, cache, config.train.head_at_supervised_only)
@@ -369,14 +381,25 @@ def _train_epochs(
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-                progress.update(steps_task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+                running = sum(losses[-20:]) / len(losses[-20:])
+                progress.update(steps_task, advance=1, info=f"loss {running:.4f}")
+                notify(TrainEvent(TrainStage.train, step + 1, steps_per_epoch, epoch + 1, config.train.epochs, running,
+                                  elapsed_s=time.perf_counter() - started, eta_s=eta.remaining(step + 1)))
             progress.remove_task(steps_task)
 
-            scoring = progress.add_task(f"score epoch {epoch + 1}", total=len(images.positives) + len(images.negatives), info="")
+            n_score = len(images.positives) + len(images.negatives)
+            scoring = progress.add_task(f"score epoch {epoch + 1}", total=n_score, info="")
+            scored = [0]
+
+            def on_scored(n: int, epoch: int = epoch) -> None:
+                progress.update(scoring, advance=n)
+                scored[0] += n
+                notify(TrainEvent(TrainStage.score, scored[0], n_score, epoch + 1, config.train.epochs,
+                                  elapsed_s=time.perf_counter() - started, eta_s=eta.remaining(steps_per_epoch)))
+
             result = evaluate_concept(
                 base, concept_personalization(params.tokens), images.positives, images.negatives, cache, fmt,
-                generation=config.train.eval_generation, progress=lambda n: progress.update(scoring, advance=n),
-                require_negatives=False,
+                generation=config.train.eval_generation, progress=on_scored, require_negatives=False,
             )
             progress.remove_task(scoring)
 
@@ -384,12 +407,52 @@ def _train_epochs(
             state.record(record, result, params)
             append_jsonl(state.run_dir / RUN_METRICS, record)
             state.save(params, optimizer)
+            eta.end_epoch()
+            notify(TrainEvent(TrainStage.epoch, epoch + 1, config.train.epochs, epoch + 1, config.train.epochs, record["loss"],
+                              record=record, elapsed_s=record["elapsed_s"], eta_s=eta.remaining(0, next_epoch=True)))
             best = state.best
             progress.update(epochs_task, advance=1, info=f"loss {record['loss']:.4f} weighted {result.weighted:.3f} (best {best['weighted']:.3f} @ {best['epoch']})")
             reason = state.stop_reason(config.train.early_stop_patience, config.train.epochs)
             if reason:
                 console.print(reason)
                 break
+
+
+class _Eta:
+    """Seconds left until the last configured epoch ends, from this process's own timing.
+
+    Before the first epoch has ended, the steps' rate is extrapolated (scoring not yet timed); after
+    it, whole epochs (steps + scoring) are.
+    """
+
+    def __init__(self, first_epoch: int, epochs: int, steps_per_epoch: int):
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.begun = time.perf_counter()
+        self.first = first_epoch
+        self.epoch = first_epoch  # 0-based epoch in progress
+        self.epoch_begun = self.begun
+        self.finished = 0  # epochs ended in this process
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epoch_begun = time.perf_counter()
+
+    def end_epoch(self) -> None:
+        self.finished += 1
+
+    def remaining(self, steps_done: int, next_epoch: bool = False) -> float | None:
+        now = time.perf_counter()
+        epochs_left = self.epochs - self.epoch - (1 if next_epoch else 0)  # counting the current one
+        if self.finished:
+            per_epoch = (now if next_epoch else self.epoch_begun) - self.begun
+            per_epoch /= self.finished
+            spent = 0.0 if next_epoch else now - self.epoch_begun
+            return max(0.0, per_epoch * epochs_left - spent)
+        if steps_done == 0:
+            return None
+        per_step = (now - self.epoch_begun) / steps_done
+        return max(0.0, per_step * (epochs_left * self.steps - steps_done))
 
 
 def _training_summary(config: Config, inputs: TrainingInputs, training_set: TrainingSet, state: RunState) -> dict[str, Any]:
