@@ -406,3 +406,31 @@ def test_the_charts_start_with_numeric_axes():
     assert types == {"epoch": "quantitative", "accuracy": "quantitative", "series": "nominal"}
     # and a coloured chart fixes its series at first render: every series is there, as undrawn points
     assert sorted(empty["series"]) == ["negative photos", "positive photos", "weighted"] and empty["accuracy"].isna().all()
+
+
+def test_serve_demo_opens_the_toy_world_in_one_command(capsys, monkeypatch, tmp_path):
+    """``serve --demo DIR``: the toy world is generated once, its pool is the page's negatives, 4 epochs, concepts in DIR/concepts."""
+    from test_cli import run_cli
+
+    import yollava.web.app as app_module
+    import yollava.web.server as server_module
+
+    seen = []
+    real = server_module.WebServer
+
+    def spy(config, store, base, choices, **kwargs):
+        seen.append((config.model.name, config.train.epochs, Path(store), [c.source.pool for c in choices if c.source is not None]))
+        return real(config, store, base, choices, **kwargs)
+
+    def fake_launch(app, host, port, auth, **kwargs):
+        raise KeyboardInterrupt  # the page is up: stop as Ctrl-C does
+
+    monkeypatch.setattr(server_module, "WebServer", spy)
+    monkeypatch.setattr(app_module, "launch", fake_launch)
+    folder = tmp_path / "d"
+    for _ in range(2):
+        code, _, err = run_cli(["serve", "--demo", str(folder), "--model", "tiny"], capsys, monkeypatch, tmp_path)
+        assert code == 0, err
+    world = folder / "toyworld"
+    assert (world / "train" / "ozzy").is_dir() and err.count("generating the demo's toy world") == 0  # the second run reused it
+    assert seen == [("tiny", 4, folder / "concepts", [str(world / "pool")])] * 2

@@ -507,6 +507,23 @@ def demo(
     run_demo(out, model=model, epochs=epochs, console=err)
 
 
+def _demo_world(folder: Path, source: Any, model: Optional[str], overrides: Optional[List[str]]):
+    """``serve --demo``: the toy world photos to teach from (generated once) and its pool as the negatives."""
+    from dataclasses import replace
+
+    from yollava.demo import DEMO_EPOCHS
+    from yollava.toyworld.benchmark import BENCHMARK_FILE, generate_benchmark
+
+    world = folder / "toyworld"
+    if not (world / BENCHMARK_FILE).is_file():
+        err.print(f"generating the demo's toy world in {world} (once) ...", highlight=False)
+        generate_benchmark(world, n_concepts=3, pool_size=1000, n_train=5, overwrite=world.exists(), progress=err.is_terminal)
+    err.print(f"teach from the photos in {world / 'train'}; negatives come from {world / 'pool'}", highlight=False)
+    source = replace(source, pool=str(world / "pool"), embedder="toy")
+    extra = [f"train.epochs={DEMO_EPOCHS}", f"train.runs_dir={folder / 'runs'}", *(overrides or [])]
+    return source, model or "toy", folder / "concepts", extra
+
+
 @app.command()
 @negative_options()
 def serve(
@@ -518,6 +535,7 @@ def serve(
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS: the page asks for this login"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="serve a network --host without a login (anyone who reaches it can teach, chat and remove)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay of config keys (training settings of the page)"),
+    demo: Optional[Path] = typer.Option(None, "--demo", help="offline, in one command: the toy model, a 3-concept toy world in DIR/toyworld (generated if missing; its pool gives the negatives), concepts in DIR/concepts, 4 epochs"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides, e.g. train.epochs=4"),
 ) -> None:
     """Open the web page: teach a concept from photos, watch it train, chat with it, compare soft prompt and in-context.
@@ -535,6 +553,8 @@ def serve(
 
     login = parse_auth(auth)
     reach = exposure(host, login, insecure_no_auth)  # refuses an open network address before anything loads
+    if demo is not None:
+        source, model, store, overrides = _demo_world(demo, source, model, overrides)
     cfg = load_config(config, _overrides(model, overrides))
     choices = negative_choices(source)
     _flush_denormals()
