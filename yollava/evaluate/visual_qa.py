@@ -39,13 +39,13 @@ def run_multiple_choice(ctx: MethodContext, person: Personalization, questions: 
                    items=result.per_question, sources=source)
 
 
-class VisualQA(Task):
-    """Multiple-choice questions about the subject in its test photos."""
+class MultipleChoiceTask(Task):
+    """A QA file's two-option questions about the subject, asked in every option order (``kind`` names the file)."""
 
-    name = QAKind.visual.value
+    kind: QAKind
 
     def plan(self, inputs: TaskInputs, subject: str) -> tuple[list[Question], bool, int, dict]:
-        return multiple_choice_plan(inputs, QAKind.visual, subject)
+        return multiple_choice_plan(inputs, self.kind, subject)
 
     def size(self, plan: tuple[list[Question], bool, int, dict]) -> int:
         return count_prompts(plan[0])
@@ -53,3 +53,10 @@ class VisualQA(Task):
     def run(self, ctx: MethodContext, person: Personalization, plan: tuple[list[Question], bool, int, dict],
             progress: Callable[[int], None] | None) -> Outcome:
         return run_multiple_choice(ctx, person, *plan, progress)
+
+
+class VisualQA(MultipleChoiceTask):
+    """Multiple-choice questions about the subject in its test photos."""
+
+    kind = QAKind.visual
+    name = QAKind.visual.value
