@@ -20,7 +20,7 @@ from yollava.toyworld.clip import (
     images_to_tensor,
     to_hf_vision_model,
 )
-from yollava.toyworld.clip_train import embed_scenes, heldout_scenes
+from yollava.toyworld.clip_train import coarse_caption, embed_scenes, heldout_scenes, multi_positive_clip_loss
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import caption, vocabulary
 
@@ -107,3 +107,24 @@ def test_vision_tower_maps_onto_transformers_clip(toy_clip, scenes):
         out = hf(pixel_values=pixels, output_hidden_states=True)
     assert torch.allclose(out.image_embeds, expected, atol=1e-4)
     assert out.last_hidden_state.shape == (4, 65, hf.config.hidden_size)
+
+
+def test_coarse_captions_and_the_multi_positive_loss(scenes):
+    crowded = next(s for s in scenes if len(s.distractors) >= 1)
+    words = coarse_caption(crowded).split()
+    assert words[:3] == [words[0], crowded.main.subject.color, crowded.main.subject.family] and "next" in words
+    assert coarse_caption(crowded, color=False).split()[1] == crowded.main.subject.family
+    generator = torch.Generator().manual_seed(0)
+    images, texts = (torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1) for _ in range(2))
+    scale = torch.tensor(14.0)
+    distinct = multi_positive_clip_loss(images, texts, scale, [f"c{i}" for i in range(6)])
+    assert torch.allclose(distinct, open_clip.ClipLoss()(images, texts, scale), atol=1e-6)
+    # two images share a caption (and, as in training, its text embedding): each may match either
+    texts[1] = texts[0]
+    shared = multi_positive_clip_loss(images, texts, scale, ["a", "a", "b", "c", "d", "e"])
+    logits = scale * images @ texts.T
+    p = logits.softmax(dim=1)
+    image_side = -torch.log(p[[0, 1], :2].sum(dim=1)).sum() - torch.log(p.diagonal()[2:]).sum()
+    q = logits.T.softmax(dim=1)
+    text_side = -torch.log(q[[0, 1], :2].sum(dim=1)).sum() - torch.log(q.diagonal()[2:]).sum()
+    assert torch.allclose(shared, (image_side + text_side) / 12, atol=1e-5)
