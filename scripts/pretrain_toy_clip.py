@@ -43,6 +43,10 @@ def main() -> None:
                         help="weight of the 'a red pet next to a green plant' captions' loss (0: off)")
     parser.add_argument("--family-weight", type=float, default=defaults.family_weight,
                         help="weight of the 'a pet next to a plant' captions' loss (0: off)")
+    parser.add_argument("--image-family-weight", type=float, default=defaults.image_family_weight,
+                        help="weight of the image-to-image loss with 'same main family' as positives (0: off)")
+    parser.add_argument("--image-family-color-weight", type=float, default=defaults.image_family_color_weight,
+                        help="weight of the image-to-image loss with 'same main family and colour' as positives (0: off)")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--init", type=Path, default=None, help="continue from these toy CLIP weights (default: from scratch)")
     parser.add_argument("--first-item", type=int, default=defaults.first_item,
@@ -59,6 +63,8 @@ def main() -> None:
         warmup_steps=args.warmup_steps,
         family_color_weight=args.family_color_weight,
         family_weight=args.family_weight,
+        image_family_weight=args.image_family_weight,
+        image_family_color_weight=args.image_family_color_weight,
         init_weights=str(args.init) if args.init else None,
         first_item=args.first_item,
     )

@@ -20,7 +20,13 @@ from yollava.toyworld.clip import (
     images_to_tensor,
     to_hf_vision_model,
 )
-from yollava.toyworld.clip_train import coarse_caption, embed_scenes, heldout_scenes, multi_positive_clip_loss
+from yollava.toyworld.clip_train import (
+    coarse_caption,
+    embed_scenes,
+    heldout_scenes,
+    multi_positive_clip_loss,
+    same_label_image_loss,
+)
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import caption, vocabulary
 
@@ -128,3 +134,16 @@ def test_coarse_captions_and_the_multi_positive_loss(scenes):
     q = logits.T.softmax(dim=1)
     text_side = -torch.log(q[[0, 1], :2].sum(dim=1)).sum() - torch.log(q.diagonal()[2:]).sum()
     assert torch.allclose(shared, (image_side + text_side) / 12, atol=1e-5)
+
+
+def test_same_label_image_loss_counts_only_other_images_with_the_label():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    scale = torch.tensor(10.0)
+    assert same_label_image_loss(images, scale, list("abcde")) == 0  # nobody has a positive
+    logits = scale * images @ images.T
+    logits.fill_diagonal_(float("-inf"))
+    p = logits.softmax(dim=1)
+    # "a" at 0, 1, 4: each anchor's positives are the other two; "b", "c" have none and are skipped
+    want = -torch.log(torch.stack([p[0, [1, 4]].sum(), p[1, [0, 4]].sum(), p[4, [0, 1]].sum()])).mean()
+    assert torch.allclose(same_label_image_loss(images, scale, ["a", "a", "b", "c", "a"]), want, atol=1e-5)

@@ -45,6 +45,13 @@ class ToyClipTrainConfig:
     # base rate of 0.17); a LAION CLIP ranks by kind first.
     family_color_weight: float = 0.0
     family_weight: float = 0.0
+    # Weights of image-to-image terms (see :func:`same_label_image_loss`): images whose main
+    # subject has the same family, or the same family and colour, are each other's positives. The
+    # coarse captions alone moved the held-out mined-negative family share only from 0.48 to 0.55:
+    # text anchors can be met by a small family component while the rest of the embedding still
+    # decides which images are near each other.
+    image_family_weight: float = 0.0
+    image_family_color_weight: float = 0.0
     # Start from these weights instead of a random model (None: from scratch).
     init_weights: str | None = None
     # Items of the training stream skipped at its start: a run continuing another one skips what
@@ -108,6 +115,33 @@ def multi_positive_clip_loss(
     return 0.5 * (side(logits) + side(logits.T))
 
 
+def same_label_image_loss(image_features: torch.Tensor, logit_scale: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """Supervised contrastive loss among a batch's images: those with the same label are positives.
+
+    For each image with at least one positive, minus the log of the softmax mass (over every other
+    image) that falls on its positives; the mean over those images (0 when none has a positive).
+    """
+    groups = torch.as_tensor(np.unique(np.array(labels), return_inverse=True)[1].reshape(-1))
+    itself = torch.eye(len(labels), dtype=torch.bool)
+    positive = (groups[:, None] == groups[None, :]) & ~itself
+    scores = (logit_scale * image_features @ image_features.T).masked_fill(itself, float("-inf"))
+    log_p = scores.log_softmax(dim=1)
+    has = positive.any(dim=1)
+    if not has.any():
+        return scores.new_zeros(())
+    return -torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=1)[has].mean()
+
+
+def image_levels(config: ToyClipTrainConfig) -> list[tuple[float, Callable[[Scene], str]]]:
+    """``(weight, label)`` per image-to-image term with weight > 0: main family, main family and colour."""
+    levels: list[tuple[float, Callable[[Scene], str]]] = []
+    if config.image_family_weight:
+        levels.append((config.image_family_weight, lambda s: s.main.subject.family))
+    if config.image_family_color_weight:
+        levels.append((config.image_family_color_weight, lambda s: f"{s.main.subject.color} {s.main.subject.family}"))
+    return levels
+
+
 def caption_levels(config: ToyClipTrainConfig) -> list[tuple[float, Callable[[Scene], str]]]:
     """``(weight, captioner)`` per loss term: the full caption (weight 1), then the coarse ones with weight > 0."""
     levels: list[tuple[float, Callable[[Scene], str]]] = [(1.0, lambda s: caption(s, background=False))]
@@ -159,6 +193,7 @@ def train_toy_clip(
         eps=1e-6,
     )
     levels = caption_levels(config)
+    label_levels = image_levels(config)
     history = []
     started = time.perf_counter()
     for step in range(config.steps):
@@ -179,6 +214,8 @@ def train_toy_clip(
             captions = [describe(s) for s in scenes]
             text_features = model.encode_text(tokenizer(captions), normalize=True)
             loss = loss + weight * multi_positive_clip_loss(image_features, text_features, model.logit_scale.exp(), captions)
+        for weight, label in label_levels:
+            loss = loss + weight * same_label_image_loss(image_features, model.logit_scale.exp(), [label(s) for s in scenes])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
