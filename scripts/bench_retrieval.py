@@ -113,7 +113,13 @@ def main() -> None:
     import torch
 
     from yollava.retrieval.embed import Embedder, load_embedder
-    from yollava.retrieval.index import IndexKind, default_nlist, default_pq_m, make_faiss_index, train_faiss_index
+    from yollava.retrieval.index import (
+        IndexKind,
+        default_nlist,
+        default_pq_m,
+        make_faiss_index,
+        train_faiss_index,
+    )
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from yollava.toyworld.clip import METRICS_FILE, TOY_CLIP_ASSETS, TOY_CLIP_MODEL_NAME, VOCAB_FILE, WEIGHTS_FILE
+from yollava.toyworld.clip import (
+    METRICS_FILE,
+    TOY_CLIP_ASSETS,
+    TOY_CLIP_MODEL_NAME,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+)
 from yollava.toyworld.clip_train import (
     ToyClipTrainConfig,
     config_dict,

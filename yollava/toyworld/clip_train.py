@@ -14,7 +14,16 @@ import torch
 from yollava.toyworld.benchmark import plan_concepts
 from yollava.toyworld.clip import ToyTokenizer, create_toy_clip, images_to_tensor
 from yollava.toyworld.render import render_scene
-from yollava.toyworld.world import ATTRIBUTES, Scene, Subject, article, caption, item_rng, sample_scene, sample_subject
+from yollava.toyworld.world import (
+    ATTRIBUTES,
+    Scene,
+    Subject,
+    article,
+    caption,
+    item_rng,
+    sample_scene,
+    sample_subject,
+)
 
 TRAIN_STREAM = "clip-train"
 HELDOUT_STREAM = "clip-heldout"

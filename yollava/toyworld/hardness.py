@@ -11,7 +11,13 @@ import numpy as np
 from yollava.retrieval.embed import Embedder
 from yollava.retrieval.index import FolderBackend
 from yollava.retrieval.mine import retrieve_hard_negatives
-from yollava.toyworld.benchmark import POOL_DIR, POOL_INDEX_FILE, SUBJECT_FILE, SUBJECTS_DIR, TRAIN_DIR
+from yollava.toyworld.benchmark import (
+    POOL_DIR,
+    POOL_INDEX_FILE,
+    SUBJECT_FILE,
+    SUBJECTS_DIR,
+    TRAIN_DIR,
+)
 from yollava.toyworld.world import ATTRIBUTES
 
 # What a mined negative's main subject shares with the concept.
