@@ -227,7 +227,7 @@ def run_evaluation(plan: EvalPlan, base: Base, console: Console | None = None, f
                             "metrics": outcome.metrics,
                             "identifier": person.identifier, "prefix": person.prefix, "references": list(person.references),
                             "method_info": person.info, "sources": outcome.sources,
-                            "model": base.describe(), "data": str(plan.benchmark.root), "refs": plan.inputs.refs if name == "in-context" else None,
+                            "model": base.describe(), "image_tokens": base.num_image_tokens, "data": str(plan.benchmark.root), "refs": plan.inputs.refs if name == "in-context" else None,
                             "seconds": time.perf_counter() - started, "yollava_version": yollava.__version__, "templates": _templates(fmt),
                             "items": outcome.items,
                         })

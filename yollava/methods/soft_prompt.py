@@ -36,7 +36,10 @@ class SoftPrompt(Method):
                 concept_personalization(tokens), train_seconds=extra.get("seconds"),
                 info={"concept": subject, "store": str(ctx.inputs.store), "k": tokens.k,
                       "weights_sha256": artifact.record.weights_sha256, "best_epoch": training.best_epoch if training else None,
-                      "trained_on": [p["path"] for p in extra.get("positives", [])]},
+                      "trained_on": [p["path"] for p in extra.get("positives", [])],
+                      # the recipe's size, for the cost account (yollava.evaluate.cost)
+                      "samples_per_epoch": sum((extra.get("samples") or {}).values()) or None, "epochs_run": extra.get("epochs_run"),
+                      "train_images": len(extra.get("positives", [])) + len(extra.get("negatives", [])) or None},
             )
         finally:
             detach(ctx.base, subject)
