@@ -157,6 +157,8 @@ class Worker:
     """What one process keeps between cells: loaded bases and their caches (image features, prefix keys/values)."""
 
     plan: Plan
+    rank: int = 0
+    world: int = 1
     bases: dict[str, Any] = field(default_factory=dict)
     caches: dict[str, Any] = field(default_factory=dict)
 
@@ -327,7 +329,7 @@ def run_cell(plan: Plan, worker: Worker, cell: Cell) -> dict[str, Any]:
             "trainings": trainings, "cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(time.perf_counter() - wall, 2),
             "eval_cpu_s": round(time.process_time() - eval_cpu, 2),
             "threads": _threads(), "model": base.describe(), "data": str(plan.data.root), "yollava_version": yollava.__version__,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rank": worker.rank, "world": worker.world, "pid": os.getpid(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         summary = ", ".join(f"{r['task']} {r['accuracy']:.3f}" for r in records)
         console.print(f"done: {summary}; {result['cpu_s']:.0f} s CPU, {result['wall_s']:.0f} s wall", highlight=False)
@@ -356,7 +358,7 @@ def run_share(plan: Plan, rank: int = 0, world: int = 1, on_cell=None) -> int:
     Returns:
         How many cells this process ran.
     """
-    worker = Worker(plan)
+    worker = Worker(plan, rank, world)
     ran = 0
     (plan.out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     for cell in share(plan.cells, rank, world):
@@ -421,7 +423,7 @@ def dump_line(cell: Cell, result: dict[str, Any], record: dict[str, Any]) -> dic
         "inputs": described["trainings"],
         "trainings": [{k: t.get(k) for k in ("key", "concept", "reused", "resumed", "cpu_s", "wall_s", "best_epoch", "epochs_run")}
                       for t in result["trainings"]],
-        "cell_cpu_s": result["cpu_s"], "cell_wall_s": result["wall_s"], "threads": result.get("threads"),
+        "cell_cpu_s": result["cpu_s"], "cell_wall_s": result["wall_s"], "threads": result.get("threads"), "rank": result.get("rank"),
         "config": described["config"], "model": result["model"]["id"], "yollava_version": result["yollava_version"],
         "identifier": record.get("identifier"), "prefix": record.get("prefix"),
     }
