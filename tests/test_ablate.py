@@ -179,3 +179,18 @@ def test_two_ranks_share_the_cells_and_merge_once(tmp_path, world):
     assert len(cells) == 4 and {c["world"] for c in cells} == {2}
     assert {c["rank"] for c in cells} == {0, 1}  # each rank took its share
     assert json.loads((out / "summary.json").read_text())["cost"]["cells"] == 4
+
+
+def test_compose_loads_the_concepts_together_and_reuses_their_trainings(tmp_path, world, capsys, monkeypatch):
+    suite = suite_file(tmp_path, "c", K_SUITE.replace("concept.k: [0, 1]", "compose: [1, 2]").replace("[recognition]", "[recognition, text-qa]"))
+    out = tmp_path / "out"
+    code, _, err = run_cli(ablate_args(suite, world, out), capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    lines = read_results(out)
+    assert len(lines) == 8 and {line["task"] for line in lines} == {"recognition", "text-qa"}
+    # two trainings (one per concept), trained once and reused by K = 2
+    assert len({t["key"] for line in lines for t in line["trainings"]}) == 2
+    assert sum(not t["reused"] for line in lines if line["task"] == "recognition" for t in line["trainings"]) == 2
+    both = next(line for line in lines if line["variant"] == "compose=2" and line["concept"] == "bo")
+    assert both["compose"] == ["bo", "mam"]
+    assert both["prefix"].startswith("<bo> is <bo_1>") and "<mam> is <mam_1>" in both["prefix"]
