@@ -25,6 +25,7 @@ def world(tmp_path) -> Path:
     """The published layout with 3 subjects (3 train / 2 test photos), a text QA file and a pool of 8 images."""
     root = published_layout(tmp_path / "data")
     write(root / "yollava-text-only-qa.json", TEXT)
+    write(root / "descriptions.json", {"bo": "a small orange dog", "mam": "a grey cat", "shiba-gray": "a grey plush toy"})
     for i in range(8):
         make_image(root / "pool" / f"{i}.png", (20 * i, 90, 160), shape="square" if i % 2 else "circle")
     return root
@@ -194,3 +195,23 @@ def test_compose_loads_the_concepts_together_and_reuses_their_trainings(tmp_path
     both = next(line for line in lines if line["variant"] == "compose=2" and line["concept"] == "bo")
     assert both["compose"] == ["bo", "mam"]
     assert both["prefix"].startswith("<bo> is <bo_1>") and "<mam> is <mam_1>" in both["prefix"]
+
+
+def test_every_method_gives_the_table5_report(tmp_path, world, capsys, monkeypatch):
+    body = (Path(__file__).parents[1] / "templates" / "suites" / "paper-table5.yaml").read_text()
+    body = body.replace("name: paper-table5\n", "").replace("[recognition, visual-qa, text-qa, caption]", "[recognition, text-qa]")
+    body = body.replace("refs: 4", "refs: 2").replace("in-context-4", "in-context-2")
+    suite = suite_file(tmp_path, "t5", body.replace("hard: 100, easy: 100", "hard: 2, easy: 2") + "positives: 2\nmax_new_tokens: 4\n")
+    out = tmp_path / "out"
+    args = ablate_args(suite, world, out)
+    args[args.index("--concepts") + 1] = "bo"
+    code, _, err = run_cli(args, capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    lines = read_results(out)
+    assert len(lines) == 7 * 2
+    assert {line["method"] for line in lines} == {"soft-prompt", "vanilla", "description", "auto-long", "auto-short", "in-context"}
+    assert sorted(line["refs"] for line in lines if line["method"] == "in-context") == [1, 1, 2, 2]
+    table = json.loads((out / "table5" / "table.json").read_text())
+    assert table["columns"] == ["soft-prompt", "vanilla", "description", "auto-long", "auto-short", "in-context (1 ref)", "in-context (2 refs)"]
+    for name in ("accuracy_vs_tokens.png", "methods.png", "table5/recognition_vs_tokens.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name

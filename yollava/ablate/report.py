@@ -11,14 +11,14 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from yollava.storage import atomic_path, write_json_atomic, write_text_atomic
 
-if TYPE_CHECKING:
-    from yollava.ablate.runner import Plan
+# ``plan`` below is a yollava.ablate.runner.Plan (not imported: the runner imports this module)
+Plan = Any
 
 SUMMARY_FILE = "summary.json"
 MARKDOWN_FILE = "results.md"
@@ -118,7 +118,7 @@ def paper_value(paper: dict[str, Any], variant: str, metric: str) -> float | Non
     return value.get(metric) if isinstance(value, dict) else None
 
 
-def markdown(plan: "Plan", rows: Sequence[dict[str, Any]], cost: dict[str, Any], command: str | None) -> str:
+def markdown(plan: Plan, rows: Sequence[dict[str, Any]], cost: dict[str, Any], command: str | None) -> str:
     """The suite's results as a markdown page: one table per task, the paper's numbers where the suite gives them."""
     suite = plan.suite
     lines = [f"# Suite `{suite.name}`", ""]
@@ -184,7 +184,7 @@ def _errors(metric: dict[str, Any]) -> list[float]:
     return [metric["mean"] - low, high - metric["mean"]]
 
 
-def plot_curve(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+def plot_curve(plan: Plan, rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Recognition positive / negative / weighted against the variant's value, 95 % intervals as error bars (Fig. 5)."""
     points = [r for r in rows if r["task"] == "recognition" and r["x"] is not None]
     if not points:
@@ -211,7 +211,7 @@ def plot_curve(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path) -> Path
     return _save(fig, path)
 
 
-def plot_bars(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path, task: str = "recognition") -> Path | None:
+def plot_bars(plan: Plan, rows: Sequence[dict[str, Any]], path: Path, task: str = "recognition") -> Path | None:
     """One bar per variant (weighted recognition, or the task's accuracy) with its interval, the paper's value as a mark."""
     bars = [r for r in rows if r["task"] == task]
     if not bars:
@@ -233,7 +233,7 @@ def plot_bars(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path, task: st
     return _save(fig, path)
 
 
-def plot_tokens(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+def plot_tokens(plan: Plan, rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Accuracy against personalization tokens per query, one point per variant (Fig. 4 / Table 5's last column)."""
     points = [r for r in rows if r["task"] == "recognition"]
     if not points:
@@ -253,7 +253,7 @@ def plot_tokens(plan: "Plan", rows: Sequence[dict[str, Any]], path: Path) -> Pat
     return _save(fig, path)
 
 
-def write_method_table(plan: "Plan", records: Sequence[dict[str, Any]]) -> list[Path]:
+def write_method_table(plan: Plan, records: Sequence[dict[str, Any]]) -> list[Path]:
     """``table5/``: ``yollava report``'s Table 5 (methods as columns) and recognition-vs-tokens plot, from the first seed's records.
 
     Variants of one method that differ only by config (not by references) would be one column there,
@@ -276,7 +276,7 @@ def write_method_table(plan: "Plan", records: Sequence[dict[str, Any]]) -> list[
     return [p.relative_to(plan.out) for p in paths.values()]
 
 
-def write_reports(plan: "Plan", lines: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]] = (),
+def write_reports(plan: Plan, lines: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]] = (),
                   command: str | None = None) -> dict[str, Any]:
     """``summary.json``, ``results.md`` and the plots of ``plan.suite.report.kind`` in the output folder."""
     from yollava.ablate.suite import ReportKind
