@@ -33,7 +33,7 @@ from rich.console import Console
 import yollava
 from yollava.ablate.cells import AblationData, Cell, Training, digest, expand_cells
 from yollava.ablate.suite import NegativesKind, Suite, load_suite
-from yollava.config import Config, ModelConfig, config_to_dict
+from yollava.config import Config, config_to_dict
 from yollava.errors import YollavaError
 from yollava.storage import (
     CONCEPT_JSON,
