@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_image
 from yollava.errors import YollavaError
-from yollava.evaluate.answers import judge_choice, judge_yes_no, mentions
+from yollava.evaluate.answers import judge_choice, judge_yes_no, mentions, refusal
 from yollava.evaluate.layout import open_benchmark
 from yollava.evaluate.qa_files import QAKind, personalize, read_qa_file
 from yollava.methods.description import read_descriptions
@@ -183,6 +183,28 @@ def test_descriptions_file_and_prefixes(tmp_path):
 ])
 def test_yes_no_answers_are_judged_whole(answer, verdict):
     assert judge_yes_no(answer) == verdict
+
+
+@pytest.mark.parametrize("answer, kind", [
+    # PVIT's two refusals (issue 17), in our own wordings: the named subject is not in the scene ...
+    ("Sorry, <bo> is not in the image.", "absent"), ("<bo> does not appear in this photo.", "absent"),
+    ("I can't find <bo> anywhere in the picture.", "absent"), ("<bo> is missing from this scene.", "absent"),
+    ("There's no <bo> in this photo.", "absent"), ("No sign of <bo> in this image.", "absent"),
+    ("I cannot see <bo> here.", "absent"), ("The photo lacks <bo>.", "absent"),
+    # ... and the name was never introduced
+    ("I don't know who <bo> is.", "unknown"), ("Sorry, I do not know what <bo> looks like.", "unknown"),
+    ("I'm not familiar with <bo>.", "unknown"), ("I can't recognize <bo> from a name alone.", "unknown"),
+    ("Who <bo> is remains unknown to me.", "unknown"), ("I have no information about <bo>.", "unknown"),
+    # not refusals
+    ("Yes, <bo> is not in the image.", None), ("<bo> is in the image.", None), ("There is a dog.", None), ("Red.", None),
+    ("<bo> is wearing a blue hat.", None), ("", None),
+])
+def test_refusals_are_recognised_and_judged_no(answer, kind):
+    assert refusal(answer) == kind
+    if kind is not None:
+        assert judge_yes_no(answer) == "no"
+    # an affirmative sentence that mentions the picture is no refusal, and "No, <bo> is in ..." stays incoherent
+    assert judge_yes_no("No, <bo> is in this photo.") == "other"
 
 
 def test_every_template_answer_is_judged_its_own_polarity():

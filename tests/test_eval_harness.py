@@ -20,6 +20,7 @@ from yollava.evaluate.recognition import evaluate_concept
 from yollava.evaluate.report import build_table, load_records, render_markdown, write_report
 from yollava.forward import FeatureCache
 from yollava.methods import METHODS, MethodContext, MethodInputs, Personalization, build_query, tokens_per_query
+from yollava.methods.personalization import evaluation_template
 from yollava.methods.soft_prompt import concept_personalization
 from yollava.prompts import ChatFormat, Turn, encode, render
 from yollava.storage import AUTO_DESCRIPTION
@@ -79,6 +80,13 @@ def test_soft_prompt_query_is_the_training_prompt(tiny_base, fmt):
 def test_in_context_prompt_is_pvit_format(tiny_base, fmt):
     person = Personalization("in-context", "bo", "<bo>", references=("r0.png", "r1.png"))
     assert person.user_text(fmt, "Is <bo> here?", scene=True) == "<image>\nThis is <bo>.\n<image>\nThis is <bo>.\n<image>\nIs <bo> here?"
+    # the method's own: PVIT's demo prompt (personalize-llava/llava/serve/cli_personalize.py)
+    template = evaluation_template()["in_context"]
+    pvit = Personalization("in-context", "bo", "<bo>", references=("r0.png",), reference_text=template["reference"], scene_text=template["scene"])
+    assert pvit.user_text(fmt, "Is <bo> here?", scene=True) == (
+        "<image>\nThis is <bo>.\n<image>\nAnswer the following question based on the image:\nIs <bo> here?")
+    assert pvit.user_text(fmt, "What colour is <bo>?", scene=False) == "<image>\nThis is <bo>.\nWhat colour is <bo>?"
+    assert pvit.bare().user_text(fmt, "Is <bo> here?", scene=True) == "<image>\nIs <bo> here?"
     assert person.user_text(fmt, "What colour is <bo>?", scene=False) == "<image>\nThis is <bo>.\n<image>\nThis is <bo>.\nWhat colour is <bo>?"
     query = build_query(tiny_base, fmt, person, "Is <bo> here?", scene="s.png")
     assert [r.path for r in query.images] == ["r0.png", "r1.png", "s.png"]

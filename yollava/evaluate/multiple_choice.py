@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from yollava.base import Base
-from yollava.evaluate.answers import judge_choice
+from yollava.evaluate.answers import judge_choice, refusal
 from yollava.evaluate.qa_files import Question
 from yollava.evaluate.scoring import answer_loglik, first_answer_tokens, generate_batch, next_token_scores_batch
 from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
@@ -44,6 +44,8 @@ class MultipleChoiceResult:
         n_prompts: letter prompts asked (questions x orders).
         first_letter_rate: share of letter predictions that were "A" (1/n for an unbiased model).
         unanswered: share of generated answers that picked no option.
+        refused: share of generated answers that refused ("Sorry, <bo> is not in the image.",
+            "I don't know who <bo> is."; :func:`yollava.evaluate.answers.refusal`), counted among the unanswered.
     """
 
     letter: float
@@ -53,6 +55,7 @@ class MultipleChoiceResult:
     n_prompts: int
     first_letter_rate: float
     unanswered: float | None = None
+    refused: float | None = None
     per_question: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -123,7 +126,7 @@ def score_multiple_choice(
                                       "correct": order[picked] == correct}
             if answers is not None:
                 chosen = judge_choice(answers[row], list(zip(letters, order)))
-                record.update(generated=answers[row], generated_choice=chosen,
+                record.update(generated=answers[row], generated_choice=chosen, refusal=refusal(answers[row]) if chosen is None else None,
                               generated_correct=chosen is not None and order[letters.index(chosen)] == correct)
             first_letter += picked == 0
             orders[index].append(record)
@@ -144,10 +147,11 @@ def score_multiple_choice(
         per_question.append(entry)
     n = len(per_question)
     mean = lambda key: sum(q[key] for q in per_question) / n  # noqa: E731
-    unanswered = None
+    unanswered = refused = None
     if generation:
         unanswered = sum(o["generated_choice"] is None for q in per_question for o in q["orders"]) / prompts
+        refused = sum(o["refusal"] is not None for q in per_question for o in q["orders"]) / prompts
     return MultipleChoiceResult(
         letter=mean("letter"), likelihood=mean("likelihood"), generation=mean("generation") if generation else None,
-        n_questions=n, n_prompts=prompts, first_letter_rate=first_letter / prompts, unanswered=unanswered, per_question=per_question,
+        n_questions=n, n_prompts=prompts, first_letter_rate=first_letter / prompts, unanswered=unanswered, refused=refused, per_question=per_question,
     )

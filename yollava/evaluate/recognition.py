@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from yollava.base import Base
 from yollava.errors import YollavaError
-from yollava.evaluate.answers import NO, OTHER, YES, judge_yes_no
+from yollava.evaluate.answers import ABSENT, NO, OTHER, UNKNOWN, YES, judge_yes_no, refusal
 from yollava.evaluate.scoring import first_answer_tokens, generate_batch, next_token_scores_batch
 from yollava.evaluate.task import Outcome, Task, TaskInputs
 from yollava.forward import SCORE_BATCH, FeatureCache, PrefixCache
@@ -32,8 +32,10 @@ class RecognitionResult:
     """Recognition accuracies (log-probability scoring; generation scoring when asked).
 
     ``generation`` holds positive / negative / weighted accuracy of whole greedy answers, ``other``
-    (answers that are neither a coherent yes nor a coherent no, all scored wrong) and
-    ``coherent`` (the share that is a coherent yes or no).
+    (answers that are neither a coherent yes nor a coherent no, all scored wrong),
+    ``coherent`` (the share that is a coherent yes or no) and the refusals among the answers,
+    ``refused_absent`` ("Sorry, <bo> is not in the image.") and ``refused_unknown`` ("I don't know
+    who <bo> is."): both are judged "no".
     """
 
     positive: float
@@ -130,6 +132,7 @@ def recognition_accuracy(
             if answers is not None:
                 record["generated"] = answers[row]
                 record["verdict"] = judge_yes_no(answers[row])
+                record["refusal"] = refusal(answers[row])
             per_image.append(record)
         if progress:
             progress(len(chunk))
@@ -149,7 +152,9 @@ def recognition_accuracy(
         g_pos, g_neg, g_weighted = scores(lambda r: r["verdict"] == (YES if r["label"] else NO))
         other = sum(r["verdict"] == OTHER for r in per_image)
         summary = {"positive": g_pos, "negative": g_neg, "weighted": g_weighted, "other": other,
-                   "coherent": 1 - other / len(per_image)}
+                   "coherent": 1 - other / len(per_image),
+                   "refused_absent": sum(r["refusal"] == ABSENT for r in per_image),
+                   "refused_unknown": sum(r["refusal"] == UNKNOWN for r in per_image)}
     return RecognitionResult(
         positive=pos_acc, negative=neg_acc, weighted=weighted, n_positive=len(pos), n_negative=len(neg),
         yes_rate=sum(r["predicted"] for r in per_image) / len(per_image), generation=summary, per_image=per_image,

@@ -1,4 +1,4 @@
-"""``in-context``: PVIT-style reference photos, each as ``<image>\\nThis is <name>.\\n``, before the scene."""
+"""``in-context``: PVIT's released prompt, a ``<image>\\nThis is <name>.\\n`` block per reference photo, then the scene."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ from yollava.methods.personalization import (
 class InContext(Method):
     """The first ``--refs N`` training photos introduce the subject by name; nothing is trained.
 
-    PVIT's released format (one block per person, then ``<image>\\n{question}``). LLaVA-1.5 was never
+    PVIT's released format, as its demo (``personalize-llava/llava/serve/cli_personalize.py``) builds
+    it: ``<image>\\nThis is {name}.\\n`` per reference photo, then ``<image>\\nAnswer the following
+    question based on the image:\\n{question}`` in the llava_v1 chat template (its construction
+    templates vary the intro: "Here is {name} in a photo.", ...). A question without a scene
+    (text QA) follows the blocks directly. Any LLaVA-1.5 checkpoint runs it; LLaVA-1.5 was never
     trained on several images in one prompt, and PVIT's tuned weights were never released, so on a
-    real model this runs on the vanilla base: that is the comparison.
+    real model this runs on the vanilla base (or a tuned checkpoint the user brings); ``--model
+    toy-pvit`` is the toy world's PVIT-tuned model.
     """
 
     name = "in-context"
@@ -26,7 +31,8 @@ class InContext(Method):
     @contextmanager
     def personalize(self, ctx: MethodContext, subject: str) -> Iterator[Personalization]:
         references = first_n_references(ctx.inputs, subject, ctx.inputs.refs)
+        template = evaluation_template()["in_context"]
         yield Personalization(
             method=self.name, subject=subject, identifier=plain_name(ctx.base, subject), references=tuple(references),
-            reference_text=evaluation_template()["in_context"]["reference"], info={"references": references_of(references)},
+            reference_text=template["reference"], scene_text=template["scene"], info={"references": references_of(references)},
         )

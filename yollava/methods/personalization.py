@@ -22,8 +22,10 @@ class Personalization:
     """How one subject is given to the model for every question of an evaluation.
 
     The user message of a query is ``[<image>\\n + reference text] x N``, then ``<image>\\n`` for the
-    scene (if any), then ``prefix`` and the question: for a soft prompt exactly the training prompt
-    (``<image>\\n<bo> is <bo_1>…<bo_16>. {question}``), for in-context PVIT's released format.
+    scene (if any; after reference photos followed by ``scene_text``), then ``prefix`` and the
+    question: for a soft prompt exactly the training prompt (``<image>\\n<bo> is <bo_1>…<bo_16>.
+    {question}``), for in-context PVIT's released format (``<image>\\nThis is <bo>.\\n<image>\\nAnswer
+    the following question based on the image:\\n{question}``, PVIT's ``cli_personalize.py``).
 
     Attributes:
         method: the method's registry name.
@@ -32,6 +34,7 @@ class Personalization:
         prefix: text before the question (soft prompt, description; "" for vanilla).
         references: reference photos shown before the scene (in-context).
         reference_text: the text after each reference photo (``{name}`` is the identifier).
+        scene_text: the text after the scene photo when reference photos came before it.
         train_seconds: training time of a trained method (None when nothing is trained).
         info: what the method used (description text, reference paths, concept record), for the results.
     """
@@ -42,6 +45,7 @@ class Personalization:
     prefix: str = ""
     references: tuple[str, ...] = ()
     reference_text: str = "This is {name}.\n"
+    scene_text: str = ""
     train_seconds: float | None = None
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -50,7 +54,8 @@ class Personalization:
         block = fmt.image_placeholder + self.reference_text.replace("{name}", self.identifier)
         refs = block * len(self.references)
         prefix = f"{self.prefix} " if self.prefix else ""
-        return f"{refs}{fmt.image_placeholder if scene else ''}{prefix}{question}"
+        scene_part = (fmt.image_placeholder + (self.scene_text if self.references else "")) if scene else ""
+        return f"{refs}{scene_part}{prefix}{question}"
 
     def images(self, scene: str | None) -> list[ImageRef]:
         """The images of a query in the order of their placeholders: references, then the scene."""
