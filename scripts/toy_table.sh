@@ -5,12 +5,13 @@
 #   bash scripts/toy_table.sh [WORK_DIR] [REPORT_DIR]      # defaults: bench/toy_table, docs/results/toy
 #
 # 1. the benchmark (`yollava toy generate --out toyworld`, seed 0: 20 concepts, 10 train / 10 test photos each);
-# 2. `yollava eval` of the methods that train nothing, on every task (in-context with 1 and 4 reference
-#    photos: 4 is the most the toy LLaVA's 512-token context holds with the scene);
+# 2. `yollava eval` of the description baselines and vanilla on every task;
 # 3. one soft prompt per concept with `yollava train`'s defaults (all 10 training photos, hard + easy
 #    negatives mined from the pool with the toy CLIP, recognition + conversation data, 15 epochs),
 #    two concepts at a time, then `yollava eval --method soft-prompt` on every task;
-# 4. `yollava report` over the three result files.
+# 4. in-context with 1 and 4 reference photos (4 is the most the toy LLaVA's 512-token context holds
+#    with the scene), every task;
+# 5. `yollava report` over the four result files.
 # Each step is skipped when its output exists, so an interrupted run resumes where it stopped.
 set -euo pipefail
 WORK=${1:-bench/toy_table}
@@ -28,8 +29,7 @@ evaluate() {  # evaluate OUT_NAME ARGS...: one `yollava eval` run, kept once fin
     $YOLLAVA eval "${ARGS[@]}" "$@" --json "$WORK/$out.json.part" > "$WORK/$out.log" 2>&1
     mv "$WORK/$out.json.part" "$WORK/$out.json"
 }
-evaluate untrained --method vanilla --method description --method auto-long --method auto-short --method in-context --refs 1
-evaluate refs4 --method in-context --refs 4
+evaluate untrained --method vanilla --method description --method auto-long --method auto-short
 
 train() {
     local name=$1
@@ -45,6 +45,8 @@ for name in $CONCEPTS; do
 done
 wait
 evaluate soft_prompt --method soft-prompt
+evaluate refs1 --method in-context --refs 1
+evaluate refs4 --method in-context --refs 4
 
-$YOLLAVA report "$WORK/soft_prompt.json" "$WORK/untrained.json" "$WORK/refs4.json" --out "$REPORT" \
+$YOLLAVA report "$WORK/soft_prompt.json" "$WORK/untrained.json" "$WORK/refs1.json" "$WORK/refs4.json" --out "$REPORT" \
     --title "Toy world, 20 concepts: every method (shipped toy LLaVA)"
