@@ -59,54 +59,36 @@ def time_embedding(embedder, paths: list[Path], cache_dir: Path) -> tuple[float,
     return len(paths) / cold, len(paths) / warm
 
 
-def toy_acceptance(bench: Path, weights: Path | None, console: Console) -> None:
+def toy_acceptance(bench: Path, weights: Path | None, console: Console, json_out: Path | None = None) -> dict:
     """Hard negatives mined from a toy benchmark's pool: how often they share the concept's family
     and main colour, against the pool's base rate; and whether any is the concept itself."""
     from yollava.retrieval.embed import Embedder
-    from yollava.retrieval.index import FolderBackend
-    from yollava.retrieval.mine import retrieve_hard_negatives
     from yollava.toyworld.clip import create_toy_clip
-    from yollava.toyworld.world import ATTRIBUTES
+    from yollava.toyworld.hardness import mined_negative_shares
 
     model, preprocess, _ = create_toy_clip(pretrained=True, weights=weights)
     embedder = Embedder("toy", model, preprocess)
-    pool_dir = bench / "pool"
-    records = [json.loads(line) for line in (pool_dir / "pool.jsonl").read_text().splitlines()]
-    attributes = {str((pool_dir / r["path"]).resolve()): r["attributes"] for r in records}
-    table = Table(title=f"toy world: hard negatives mined from {len(records)} pool images (toy CLIP); "
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        shares = mined_negative_shares(bench, embedder, tmp)
+        seconds = time.perf_counter() - start
+    console.print(f"embedded the pool in {shares['embed_seconds']:.1f} s ({shares['pool_size']} images); "
+                  f"mined {len(shares['concepts'])} concepts in {seconds - shares['embed_seconds']:.1f} s")
+    table = Table(title=f"toy world: hard negatives mined from {shares['pool_size']} pool images (toy CLIP); "
                         "fraction sharing the concept's attribute (main subject) / pool base rate")
     for column in ("concept", "family, colour", "hard", "same colour", "same family", "same family+colour", "ratio", "is the concept"):
         table.add_column(column, justify="right")
-    tests = {
-        "colour": lambda a, s: a["color"] == s["color"],
-        "family": lambda a, s: a["family"] == s["family"],
-        "both": lambda a, s: a["family"] == s["family"] and a["color"] == s["color"],
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        backend = FolderBackend(pool_dir, embedder, cache_dir=Path(tmp) / "cache", progress=False)
-        console.print(f"embedded the pool in {time.perf_counter() - start:.1f} s ({len(backend)} images)")
-        sums = {name: [0.0, 0.0] for name in tests}
-        n_total = 0
-        for folder in sorted(d for d in (bench / "subjects").iterdir() if (d / "subject.json").is_file()):
-            subject = json.loads((folder / "subject.json").read_text())
-            result = retrieve_hard_negatives(folder.name, bench / "train" / folder.name, backend, embedder, store=Path(tmp) / "store",
-                                             n_easy=0, cache_dir=Path(tmp) / "cache", progress=False)
-            hard = [attributes[r.source] for r in result.records]
-            rates = {name: (np.mean([f(a, subject) for a in hard]), np.mean([f(a, subject) for a in attributes.values()]))
-                     for name, f in tests.items()}
-            for name, (rate, base) in rates.items():
-                sums[name][0] += rate * len(hard)
-                sums[name][1] += base * len(hard)
-            n_total += len(hard)
-            itself = sum(all(a[k] == subject[k] for k in ATTRIBUTES) for a in hard)
-            cells = [f"{rate:.2f} / {base:.3f}" for rate, base in rates.values()]
-            both = rates["both"]
-            table.add_row(folder.name, f"{subject['family']}, {subject['color']}", str(len(hard)), *cells,
-                          f"{both[0] / both[1]:.0f}x" if both[1] else "-", str(itself))
-        cells = [f"{rate / n_total:.2f} / {base / n_total:.3f}" for rate, base in sums.values()]
-        table.add_row("all", "", str(n_total), *cells, f"{sums['both'][0] / sums['both'][1]:.1f}x", "")
+    names = ("same_color", "same_family", "same_family_and_color")
+    for name, row in [*shares["concepts"].items(), ("all", shares["all"])]:
+        both = row["same_family_and_color"]
+        digits = ".1f" if name == "all" else ".0f"
+        table.add_row(name, f"{row['family']}, {row['color']}" if "family" in row else "", str(row["hard"]),
+                      *(f"{row[n][0]:.2f} / {row[n][1]:.3f}" for n in names),
+                      f"{both[0] / both[1]:{digits}}x" if both[1] else "-", str(row["itself"]))
     console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"seconds": round(seconds, 1), **shares}, indent=1) + "\n", encoding="utf-8")
+    return shares
 
 
 def main() -> None:
@@ -121,6 +103,7 @@ def main() -> None:
                         help="uniform random vectors (no cluster structure: the worst case for IVF recall)")
     parser.add_argument("--toy", type=Path, help="a toy benchmark folder: also measure hard-negative quality there")
     parser.add_argument("--toy-weights", type=Path, help="toy CLIP safetensors (default: the shipped weights)")
+    parser.add_argument("--toy-json", type=Path, help="also write the --toy measurement to this JSON file")
     parser.add_argument("--skip-speed", action="store_true", help="only the --toy measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads (others share the cores)")
     args = parser.parse_args()
@@ -130,7 +113,13 @@ def main() -> None:
     import torch
 
     from yollava.retrieval.embed import Embedder, load_embedder
-    from yollava.retrieval.index import IndexKind, default_nlist, default_pq_m, make_faiss_index, train_faiss_index
+    from yollava.retrieval.index import (
+        IndexKind,
+        default_nlist,
+        default_pq_m,
+        make_faiss_index,
+        train_faiss_index,
+    )
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -139,7 +128,7 @@ def main() -> None:
                   f"faiss {faiss.__version__}, open_clip {open_clip.__version__}")
 
     if args.toy:
-        toy_acceptance(args.toy, args.toy_weights, console)
+        toy_acceptance(args.toy, args.toy_weights, console, args.toy_json)
     if args.skip_speed:
         return
     embed_rows = []

@@ -20,7 +20,13 @@ from yollava.toyworld.clip import (
     images_to_tensor,
     to_hf_vision_model,
 )
-from yollava.toyworld.clip_train import embed_scenes, heldout_scenes
+from yollava.toyworld.clip_train import (
+    coarse_caption,
+    embed_scenes,
+    heldout_scenes,
+    multi_positive_clip_loss,
+    same_label_image_loss,
+)
 from yollava.toyworld.render import render_scene
 from yollava.toyworld.world import caption, vocabulary
 
@@ -107,3 +113,37 @@ def test_vision_tower_maps_onto_transformers_clip(toy_clip, scenes):
         out = hf(pixel_values=pixels, output_hidden_states=True)
     assert torch.allclose(out.image_embeds, expected, atol=1e-4)
     assert out.last_hidden_state.shape == (4, 65, hf.config.hidden_size)
+
+
+def test_coarse_captions_and_the_multi_positive_loss(scenes):
+    crowded = next(s for s in scenes if len(s.distractors) >= 1)
+    words = coarse_caption(crowded).split()
+    assert words[:3] == [words[0], crowded.main.subject.color, crowded.main.subject.family] and "next" in words
+    assert coarse_caption(crowded, color=False).split()[1] == crowded.main.subject.family
+    generator = torch.Generator().manual_seed(0)
+    images, texts = (torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1) for _ in range(2))
+    scale = torch.tensor(14.0)
+    distinct = multi_positive_clip_loss(images, texts, scale, [f"c{i}" for i in range(6)])
+    assert torch.allclose(distinct, open_clip.ClipLoss()(images, texts, scale), atol=1e-6)
+    # two images share a caption (and, as in training, its text embedding): each may match either
+    texts[1] = texts[0]
+    shared = multi_positive_clip_loss(images, texts, scale, ["a", "a", "b", "c", "d", "e"])
+    logits = scale * images @ texts.T
+    p = logits.softmax(dim=1)
+    image_side = -torch.log(p[[0, 1], :2].sum(dim=1)).sum() - torch.log(p.diagonal()[2:]).sum()
+    q = logits.T.softmax(dim=1)
+    text_side = -torch.log(q[[0, 1], :2].sum(dim=1)).sum() - torch.log(q.diagonal()[2:]).sum()
+    assert torch.allclose(shared, (image_side + text_side) / 12, atol=1e-5)
+
+
+def test_same_label_image_loss_counts_only_other_images_with_the_label():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    scale = torch.tensor(10.0)
+    assert same_label_image_loss(images, scale, list("abcde")) == 0  # nobody has a positive
+    logits = scale * images @ images.T
+    logits.fill_diagonal_(float("-inf"))
+    p = logits.softmax(dim=1)
+    # "a" at 0, 1, 4: each anchor's positives are the other two; "b", "c" have none and are skipped
+    want = -torch.log(torch.stack([p[0, [1, 4]].sum(), p[1, [0, 4]].sum(), p[4, [0, 1]].sum()])).mean()
+    assert torch.allclose(same_label_image_loss(images, scale, ["a", "a", "b", "c", "a"]), want, atol=1e-5)

@@ -33,3 +33,4 @@ def test_hard_negatives_share_family_and_colour_far_above_the_base_rate(tmp_path
     # measured at 20k pool images: 0.18 vs 0.017 (10x); on this small pool it must still be several times the base rate
     print(f"hard negatives sharing family+colour: {rate:.3f}, pool base rate {base:.3f}")
     assert rate > 3 * base and rate > 0.1, (rate, base)
+

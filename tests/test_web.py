@@ -365,7 +365,9 @@ def test_teach_train_chat_compare_cancel_remove(page):
     assert numbers["in-context"]["references"] == 2 and numbers["in-context"]["tokens"] > 2 * server.base.num_image_tokens
 
     # a cancelled training leaves the store untouched; chat answered meanwhile
-    client.predict("mam", _files(photos[1:]), "folder", 3, False, api_name="/teach")
+    # 50 epochs (the most the page takes; early stop is off): the job cannot end on its own before the
+    # cancel below reaches it, however slowly a busy machine answers the calls in between
+    client.predict("mam", _files(photos[1:]), "folder", 50, False, api_name="/teach")
     _wait(client, "mam", states=("running",))
     answered = client.predict(["bo"], None, "What is <bo>?", [], api_name="/chat")[0]  # never blocked by training
     assert answered[-1]["content"]

@@ -483,6 +483,51 @@ def concepts_remove(name: str, store: Path = typer.Option(Path("concepts"), "--s
     err.print(f"removed {folder}")
 
 
+@app.command()
+def ablate(
+    suite: str = typer.Option(..., "--suite", help="a shipped suite (paper-table5, tokens-k, images-n, dataset-recipe, method-choices, compose) or a suite YAML file"),
+    data: Path = typer.Option(..., "--data", help="benchmark folder (e.g. from `yollava toy generate`)"),
+    out: Path = typer.Option(..., "--out", help="the suite's output folder (cells, logs, results.jsonl, reports)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="trained concepts and mined negatives shared by suites (default: OUT/../cache)"),
+    concepts: Optional[str] = typer.Option(None, "--concepts", help="comma-separated concepts (default: the suite's, or all)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds 0..N-1 (default: the suite's)"),
+    workers: int = typer.Option(1, "--workers", help="processes on this machine (each takes its share of the cells)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: cores / workers)"),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="retrieval embedder of mined negatives (default: toy on a toy benchmark)"),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (model.name of every cell)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and which are finished; run nothing"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides for every cell, e.g. model.name=tiny train.epochs=1"),
+) -> None:
+    """Run a suite of variants x concepts x seeds: resumable, parallel (--workers, accelerate launch), with tables and plots.
+
+    Every finished cell is kept: run the same command again after a crash or Ctrl-C to continue.
+    Under `accelerate launch -m yollava ablate ...` each rank takes its share of the cells.
+    """
+    from yollava.ablate import Request, run_suite
+
+    names = tuple(c.strip() for c in concepts.split(",") if c.strip()) if concepts else None
+    command = "yollava " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name in ("yollava", "__main__.py") else None
+    request = Request(suite=suite, data=str(data), out=str(out), cache=str(cache) if cache else None, concepts=names, seeds=seeds,
+                      overrides=tuple(_overrides(model, overrides)), embedder=embedder, threads=threads, command=command)
+    if dry_run:
+        plan = request.plan()
+        finished = plan.done()
+        table = Table(title=f"suite {plan.suite.name}: {len(plan.cells)} cells, {len(finished)} finished")
+        for column in ("variant", "concept", "seed", "method", "trains", "key", "done"):
+            table.add_column(column)
+        for cell in plan.cells:
+            table.add_row(cell.variant, cell.concept, str(cell.seed), cell.method, str(len(cell.trainings)), cell.key, "yes" if cell.key in finished else "")
+        out_console = Console(width=160)
+        out_console.print(table)
+        return
+    _flush_denormals()
+    try:
+        run_suite(request, workers=workers, console=err)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished cells are kept; run the same command again to continue", highlight=False)
+        raise typer.Exit(130)
+
+
 @app.command("config")
 def show_config(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML overlay"),

@@ -118,6 +118,7 @@ def plan_evaluation(
     generation: bool = True,
     caption_negatives: int = 1,
     max_new_tokens: int | None = None,
+    companions: dict[str, Sequence[str]] | None = None,
 ) -> EvalPlan:
     """Read and check everything a run needs, without a model.
 
@@ -135,6 +136,8 @@ def plan_evaluation(
         generation: also score whole greedy answers.
         caption_negatives: photos per other subject captioned for the false-mention rate.
         max_new_tokens: cap on every generated text (None: each task's own length).
+        companions: subject -> other concepts of ``store`` loaded with it for ``soft-prompt`` (attached,
+            their soft prompts after its own); ablations' ``compose`` suite.
 
     Raises:
         YollavaError: anything a user can fix, in one line.
@@ -158,7 +161,8 @@ def plan_evaluation(
     descriptions_file = Path(descriptions) if descriptions is not None else benchmark.root / DESCRIPTIONS_FILE
     texts = read_descriptions(descriptions_file) if descriptions is not None or descriptions_file.is_file() else None
     inputs = MethodInputs(benchmark=benchmark, store=Path(store), refs=refs, descriptions=texts,
-                          descriptions_file=str(descriptions_file) if texts is not None else None, max_new_tokens=max_new_tokens)
+                          descriptions_file=str(descriptions_file) if texts is not None else None, max_new_tokens=max_new_tokens,
+                          companions={s: tuple(c) for s, c in (companions or {}).items()})
     task_inputs = TaskInputs(benchmark=benchmark, qa=qa_files, generation=generation, caption_negatives=caption_negatives,
                              max_new_tokens=max_new_tokens)
     plan = EvalPlan(subjects=list(subjects), methods=methods, tasks=tasks, inputs=inputs, task_inputs=task_inputs)
@@ -168,6 +172,7 @@ def plan_evaluation(
             method.check(inputs, subject)
     if SoftPrompt.name in methods:
         bases = {read_record(store, s).base_model.id for s in subjects}
+        bases |= {read_record(store, c).base_model.id for s in subjects for c in inputs.companions.get(s, ())}
         if len(bases) > 1:
             raise YollavaError(f"the concepts were trained on different bases ({', '.join(sorted(bases))}); evaluate them separately")
         plan.concept_base = bases.pop()
@@ -227,7 +232,7 @@ def run_evaluation(plan: EvalPlan, base: Base, console: Console | None = None, f
                             "metrics": outcome.metrics,
                             "identifier": person.identifier, "prefix": person.prefix, "references": list(person.references),
                             "method_info": person.info, "sources": outcome.sources,
-                            "model": base.describe(), "data": str(plan.benchmark.root), "refs": plan.inputs.refs if name == "in-context" else None,
+                            "model": base.describe(), "image_tokens": base.num_image_tokens, "data": str(plan.benchmark.root), "refs": plan.inputs.refs if name == "in-context" else None,
                             "seconds": time.perf_counter() - started, "yollava_version": yollava.__version__, "templates": _templates(fmt),
                             "items": outcome.items,
                         })

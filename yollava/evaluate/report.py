@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from yollava.errors import YollavaError
+from yollava.evaluate import cost
 from yollava.evaluate.harness import RESULT_FORMAT
 from yollava.methods import METHODS
 from yollava.storage import atomic_path, write_json_atomic, write_text_atomic
@@ -16,6 +17,7 @@ from yollava.storage import atomic_path, write_json_atomic, write_text_atomic
 REPORT_MD = "table.md"
 REPORT_JSON = "table.json"
 REPORT_PLOT = "recognition_vs_tokens.png"
+REPORT_COST_PLOT = "cost_vs_queries.png"
 REPORT_RECORDS = "records.json"  # the records without their per-item details
 
 
@@ -85,17 +87,24 @@ def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def column_of(record: dict[str, Any]) -> str:
-    """The table column of a record: the method, with its reference count for in-context."""
+def column_of(record: dict[str, Any], with_model: bool = False) -> str:
+    """The table column of a record: the method, with its reference count for in-context, and its model with ``with_model``."""
+    column = record["method"]
     if record["method"] == "in-context":
         refs = record.get("refs") or len(record.get("references") or [])
-        return f"in-context ({refs} ref{'s' if refs != 1 else ''})"
-    return record["method"]
+        column = f"in-context ({refs} ref{'s' if refs != 1 else ''})"
+    return f"{column} on {record['model']['id']}" if with_model else column
 
 
-def _columns(records: Sequence[dict[str, Any]]) -> list[str]:
+def column_reader(records: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+    """:func:`column_of` for these records: the model joins the column name when they span several models."""
+    several = len({r["model"]["id"] for r in records}) > 1
+    return lambda record: column_of(record, with_model=several)
+
+
+def _columns(records: Sequence[dict[str, Any]], column: Callable[[dict[str, Any]], str]) -> list[str]:
     order = {name: i for i, name in enumerate(METHODS)}
-    seen = {column_of(r): (order.get(r["method"], len(order)), r.get("refs") or 0) for r in records}
+    seen = {column(r): (r["model"]["id"], order.get(r["method"], len(order)), r.get("refs") or 0) for r in records}
     return sorted(seen, key=lambda c: seen[c])
 
 
@@ -105,13 +114,14 @@ def build_table(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Raises:
         YollavaError: two records for the same (task, column, concept) (the same run given twice?).
     """
+    column_of = column_reader(records)
     seen: set[tuple[str, str, str]] = set()
     for r in records:
         key = (r["task"], column_of(r), r["concept"])
         if key in seen:
             raise YollavaError(f"two results for task {key[0]}, method {key[1]}, concept {key[2]}; pass each run's file once")
         seen.add(key)
-    columns = _columns(records)
+    columns = _columns(records, column_of)
     cells: dict[str, dict[str, Any]] = {}
     for row in ROWS:
         cells[row.key] = {}
@@ -204,5 +214,12 @@ def write_report(records: Sequence[dict[str, Any]], out: str | Path, title: str 
     write_json_atomic(paths["records"], [{k: v for k, v in r.items() if k != "items"} for r in records])
     if table["cells"]["weighted"]:
         paths["plot"] = plot_recognition_vs_tokens(table, out / REPORT_PLOT)
+    tokens = {r.get("image_tokens") for r in records} - {None}
+    costs = cost.tradeoff(records, column_reader(records), cost.llava_13b_arch(), tokens.pop() if len(tokens) == 1 else None)
+    if costs is not None:
+        table["cost"] = costs
+        write_json_atomic(paths["json"], table)
+        write_text_atomic(paths["markdown"], render_markdown(table, title) + cost.render_tradeoff(costs))
+        paths["cost_plot"] = cost.plot_tradeoff(costs, out / REPORT_COST_PLOT, title)
     return paths
 

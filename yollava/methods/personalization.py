@@ -132,6 +132,8 @@ class MethodInputs:
         descriptions: subject -> description text (``--descriptions``), or None.
         descriptions_file: where ``descriptions`` came from (for messages and results).
         max_new_tokens: cap on generated text (auto descriptions), None for the template's lengths.
+        companions: subject -> other concepts of the store loaded with it (``soft-prompt``: attached
+            and their soft prompts after its own, as ``yollava chat --concept a --concept b`` does).
     """
 
     benchmark: Benchmark
@@ -140,6 +142,7 @@ class MethodInputs:
     descriptions: dict[str, str] | None = None
     descriptions_file: str | None = None
     max_new_tokens: int | None = None
+    companions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def train_images(self, subject: str) -> list[str]:
         return self.benchmark.images(TRAIN, subject)
