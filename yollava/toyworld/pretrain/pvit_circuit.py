@@ -28,9 +28,15 @@ block, so the toy LLaVA's answers there are unchanged), and one head of layer 0 
 Status (issue 17, not yet a shipped model): on the shipped toy LLaVA, count, bind and collect do
 what is written above (the question holds the reference subject's code); the match reaches 0.71
 MATCH accuracy on held-out presence with one reference photo (positives 0.81, negatives 0.61,
-fine lookalikes 0.57; threshold 0.85, count_bias 8), against the gate's 0.90. What limits it is
-the count term: at ~330 logits per unit of count (max_references 8), a patch's residual RMS a few
-per cent off a text token's moves the scene's patches by 10-15 logits, about one attribute slot.
+fine lookalikes 0.57; threshold 0.85, count_bias 8), against the gate's 0.90. The count term is
+not what limits it: at ~330 logits per unit of count (max_references 8) a patch's residual RMS a
+few per cent off a text token's moves the scene's patches by 10-15 logits (count_bias takes the
+mean), but with max_references 1 (b = 50, that noise under a logit; a clean HAS_REFERENCE
+dimension for the text penalty) one-reference presence was 0.62-0.64. What limits it is comparing
+two noisy image codes: the reference photo's code is read by the same tower as the scene's (shape
+often missing, the whole code at half strength for small subjects), where the toy's own presence
+gate (0.905) compares the scene with an exact description. More reference photos did not help
+(3 photos: 0.64, the count term's noise grows with the count).
 Fixed on the way from the WIP: HAS_REFERENCE read CONST, which ``<s>`` holds too (every position
 read 1); the text penalty read a background slot that patches fill with noise (+-30 logits); the
 count term weighed keys by the projector's IMAGE flag (+-10 % from patch to patch).
