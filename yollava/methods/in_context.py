@@ -19,8 +19,7 @@ class InContext(Method):
     templates vary the intro: "Here is {name} in a photo.", ...). A question without a scene
     (text QA) follows the blocks directly. Any LLaVA-1.5 checkpoint runs it; LLaVA-1.5 was never
     trained on several images in one prompt, and PVIT's tuned weights were never released, so on a
-    real model this runs on the vanilla base (or a tuned checkpoint the user brings); ``--model
-    toy-pvit`` is the toy world's PVIT-tuned model.
+    real model this runs on the vanilla base (or a tuned checkpoint the user brings).
     """
 
     name = "in-context"

@@ -477,17 +477,20 @@ class Frozen:
                 param.data[mask] = value
 
 
-def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
+def frozen_parts(model: LlavaForConditionalGeneration, layers: tuple[int, int, int] = (0, 1, READOUT_LAYER)) -> Frozen:
     """The compiled pieces: input rows, projector, tower, layer 0, layer 1's norm, heads 0-2 and its
-    writes to reserved dimensions, layer 2's norms, head 0, readout units and its heads' reserved writes."""
+    writes to reserved dimensions, layer 2's norms, head 0, readout units and its heads' reserved writes.
+
+    ``layers``: where the circuit's layers 0, 1 and 2 are in ``model`` (toy-pvit inserts layers after layer 0).
+    """
     text = model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     frozen = Frozen()
     lm = model.model.language_model
     frozen.add(lm.embed_tokens.weight)
-    for p in [*model.model.multi_modal_projector.parameters(), *model.model.vision_tower.parameters(), *lm.layers[0].parameters()]:
+    for p in [*model.model.multi_modal_projector.parameters(), *model.model.vision_tower.parameters(), *lm.layers[layers[0]].parameters()]:
         frozen.add(p)
-    l1 = lm.layers[1]
+    l1 = lm.layers[layers[1]]
     frozen.add(l1.input_layernorm.weight)
     for proj in (l1.self_attn.q_proj, l1.self_attn.k_proj, l1.self_attn.v_proj):
         mask = torch.zeros_like(proj.weight, dtype=torch.bool)
@@ -501,7 +504,7 @@ def frozen_parts(model: LlavaForConditionalGeneration) -> Frozen:
     mask[:FREE_START] = True
     frozen.add(l1.mlp.down_proj.weight, mask)
     # layer 2: norms, head 0, the learnt heads' writes to reserved dimensions, the readout units
-    l2 = lm.layers[READOUT_LAYER]
+    l2 = lm.layers[layers[2]]
     frozen.add(l2.input_layernorm.weight)
     frozen.add(l2.post_attention_layernorm.weight)
     for proj in (l2.self_attn.q_proj, l2.self_attn.k_proj, l2.self_attn.v_proj):
