@@ -551,22 +551,33 @@ def match_values(model: LlavaForConditionalGeneration, encoder: SampleEncoder, s
     return out
 
 
+def sweep_grid(cfg: Any, grid: dict[str, Sequence[float]], recompile: Callable[[], None], score: Callable[[], float],
+               log: Callable[[str], None], label: str) -> dict[str, Any]:
+    """Set every combination of ``grid`` (``cfg`` field -> candidates) on ``cfg``, ``recompile()``, ``score()``;
+    keep the best (ties go to the first candidate of each field), recompile with it and return it with the sweep."""
+    sweep = {}
+    for values in itertools.product(*grid.values()):
+        for name, value in zip(grid, values):
+            setattr(cfg, name, value)
+        recompile()
+        key = ",".join(f"{name}={value}" for name, value in zip(grid, values))
+        sweep[key] = (values, score())
+        log(f"{label} {key}: MATCH accuracy {sweep[key][1]:.3f}")
+    best = max(sweep.values(), key=lambda item: item[1])[0]
+    for name, value in zip(grid, best):
+        setattr(cfg, name, value)
+    recompile()
+    return {**dict(zip(grid, best)), "sweep": {key: round(score, 4) for key, (_, score) in sweep.items()}}
+
+
 def calibrate_circuit(model: LlavaForConditionalGeneration, encoder: SampleEncoder, samples: Sequence[ToySample], bank: torch.Tensor,
                         cfg: CircuitConfig, grid: dict[str, Sequence[float]], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the circuit's free numbers (``grid``: CircuitConfig field -> candidates, e.g. threshold,
     size_weight) by yes/no accuracy of MATCH > 0.5 on ``samples`` (training scenes), recompile with
     the best, and return the sweep. Ties go to the first candidate of each field."""
-    sweep = {}
-    for values in itertools.product(*grid.values()):
-        for name, value in zip(grid, values):
-            setattr(cfg, name, value)
-        compile_attention(model, cfg)
-        scores = match_values(model, encoder, samples, bank, cfg)
-        key = ",".join(f"{name}={value}" for name, value in zip(grid, values))
-        sweep[key] = (values, sum((v > 0.5) == s.label for v, s in zip(scores, samples)) / len(samples))
-        log(f"circuit {key}: MATCH accuracy {sweep[key][1]:.3f} on {len(samples)} training questions")
-    best = max(sweep.values(), key=lambda item: item[1])[0]
-    for name, value in zip(grid, best):
-        setattr(cfg, name, value)
-    compile_attention(model, cfg)
-    return {**dict(zip(grid, best)), "sweep": {key: round(score, 4) for key, (_, score) in sweep.items()}}
+
+    def score() -> float:
+        values = match_values(model, encoder, samples, bank, cfg)
+        return sum((v > 0.5) == s.label for v, s in zip(values, samples)) / len(samples)
+
+    return sweep_grid(cfg, grid, lambda: compile_attention(model, cfg), score, log, f"circuit ({len(samples)} training questions)")

@@ -49,7 +49,6 @@ code to a name): PVIT's multi-person questions are in the data, the circuit does
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -59,7 +58,11 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from yollava.toyworld.pretrain import circuit as C
-from yollava.toyworld.toy_llava import ToyLlavaArch, llava_config, set_generation_defaults
+from yollava.toyworld.toy_llava import (
+    ToyLlavaArch,
+    llava_config,
+    set_generation_defaults,
+)
 
 MARKERS = ("This", "Here")
 # residual dimensions the extension uses, where the toy LLaVA's circuit leaves them empty
@@ -466,16 +469,4 @@ def calibrate(model: LlavaForConditionalGeneration, cfg: PvitCircuitConfig, scor
               grid: dict[str, Sequence[float]], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the extension's free numbers (``grid``: field -> candidates) by ``score()`` (MATCH accuracy on
     training questions) and recompile the match head with the best; ties go to the first candidate."""
-    sweep = {}
-    for values in itertools.product(*grid.values()):
-        for name, value in zip(grid, values):
-            setattr(cfg, name, value)
-        compile_match(model, cfg)
-        key = ",".join(f"{name}={value}" for name, value in zip(grid, values))
-        sweep[key] = (values, score())
-        log(f"pvit circuit {key}: MATCH accuracy {sweep[key][1]:.3f}")
-    best = max(sweep.values(), key=lambda item: item[1])[0]
-    for name, value in zip(grid, best):
-        setattr(cfg, name, value)
-    compile_match(model, cfg)
-    return {**dict(zip(grid, best)), "sweep": {key: round(score, 4) for key, (_, score) in sweep.items()}}
+    return C.sweep_grid(cfg, grid, lambda: compile_match(model, cfg), score, log, "pvit circuit")
