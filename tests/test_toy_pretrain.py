@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # measured on the refactored code whose tensors equal those of the code before it
 # (docs/toyworld.md, "Rebuilding"). Rewrite with: python tests/test_toy_pretrain.py QUICK_BUILD_DIR
 PINS = Path(__file__).with_name("pins") / "toy_pretrain_quick.json"
+FINGERPRINT_ABS_TOL = 5e-3  # 5x the largest cross-CPU drift seen (see the quick-build test)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +261,11 @@ def test_the_quick_build_reproduces_its_pinned_losses_calibration_and_weights(tm
     for key, want in pins["calibration"].items():
         assert measured["calibration"][key] == pytest.approx(want, abs=0.03), key  # one question of 40 may flip elsewhere
     assert measured["fingerprint"].keys() == pins["fingerprint"].keys()
-    moved = [name for name, want in pins["fingerprint"].items() if not math.isclose(measured["fingerprint"][name], want, rel_tol=1e-4, abs_tol=1e-6)]
+    # Other CPUs' kernels round differently and Adam turns rounding into weight noise: on an AMD EPYC
+    # (Zen 4) the fingerprints of the pin made on an Intel Xeon moved by up to 1.0e-3, while 5 % more
+    # instruct lr moves 18 tensors' by 5e-3 to 6.7e-2 (fingerprints are ~0.1 to 450; median 1.3).
+    moved = {name: (measured["fingerprint"][name], want) for name, want in pins["fingerprint"].items()
+             if not math.isclose(measured["fingerprint"][name], want, rel_tol=1e-4, abs_tol=FINGERPRINT_ABS_TOL)}
     assert not moved, moved
 
 
