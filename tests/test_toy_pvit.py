@@ -188,3 +188,37 @@ def test_the_reference_photo_becomes_the_question_s_code_and_the_scene_is_matche
     # items when this was written; the gate is 0.90) stays above chance
     labels = torch.tensor([s.label for s in items])
     assert float(((match > 0.5) == labels).float().mean()) > 0.6
+
+
+def test_the_vocabulary_grows_by_the_mix_s_missing_words_and_keeps_every_old_id_and_row():
+    import torch
+
+    from yollava.toyworld.pretrain.pvit import pvit_words
+    from yollava.toyworld.pretrain.vocabulary import build_tokenizer, extend_tokenizer, grow_rows, required_words
+    from yollava.toyworld.toy_llava import UNK, load_toy_base
+
+    old = build_tokenizer(required_words())
+    new, added = extend_tokenizer(old, pvit_words())
+    assert sorted(added) == ["Sorry", "Who", "anyone", "based", "following", "know", "question", "who"]
+    assert new.get_vocab_size() == old.get_vocab_size() + len(added)
+    assert all(new.token_to_id(t) == i for t, i in old.get_vocab().items())
+    unk = new.token_to_id(UNK)
+    from yollava.toyworld.pretrain.pvit import UNKNOWN_REPLIES, WHO_QUESTIONS
+
+    assert unk not in new.encode(" ".join(pvit_words())).ids
+    for text in [t.format(name="<x03>") for t in (*UNKNOWN_REPLIES, *WHO_QUESTIONS)]:
+        ids = new.encode(text).ids
+        assert unk not in ids, text
+        assert new.decode(ids, skip_special_tokens=True) == text
+    assert extend_tokenizer(new, pvit_words())[1] == []  # idempotent
+
+    base = load_toy_base()
+    head = base.model.get_output_embeddings().weight.detach().clone()
+    emb = base.model.get_input_embeddings().weight.detach().clone()
+    grow_rows(base.model, emb.shape[0] + len(added))
+    assert base.model.get_input_embeddings().weight.shape[0] == emb.shape[0] + len(added)
+    assert base.model.get_output_embeddings().weight.shape[0] == head.shape[0] + len(added)
+    assert torch.equal(base.model.get_input_embeddings().weight[: emb.shape[0]], emb)
+    assert torch.equal(base.model.get_output_embeddings().weight[: head.shape[0]], head)
+    with pytest.raises(ValueError, match="fewer"):
+        grow_rows(base.model, 3)

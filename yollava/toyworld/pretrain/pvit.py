@@ -397,7 +397,7 @@ def integrated_caption(scene: Scene, target: Subject, name: str) -> str:
 
 
 def pvit_words() -> list[str]:
-    """Words the in-context mix writes (8 of them are not in the toy vocabulary: a toy-pvit build would add them)."""
+    """Words the in-context mix writes (8 of them are not in the toy vocabulary; a toy-pvit build adds them with ``vocabulary.extend_tokenizer``)."""
     from yollava.toyworld.pretrain.vocabulary import split_text
 
     texts = [*INTRO_TEMPLATES, *ABSENT_REPLIES, *UNKNOWN_REPLIES, *WHO_QUESTIONS, WHO_NOBODY, *DESCRIBE_QUESTIONS, "Describe", "are",

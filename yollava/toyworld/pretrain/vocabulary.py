@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -129,3 +130,35 @@ def build_tokenizer(words: Sequence[str]) -> Tokenizer:
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokens.index(BOS))]
     )
     return tokenizer
+
+
+def extend_tokenizer(tokenizer: Tokenizer, words: Sequence[str]) -> tuple[Tokenizer, list[str]]:
+    """``tokenizer`` with ``words`` it lacks appended to its vocabulary, every existing id unchanged.
+
+    A model built on the old tokenizer keeps working once its embedding and output head grow by the
+    added rows (:func:`grow_rows`); toy-pvit adds the in-context mix's words this way.
+
+    Returns:
+        The new tokenizer and the words added, in id order.
+    """
+    state = json.loads(tokenizer.to_str())
+    vocab: dict[str, int] = state["model"]["vocab"]
+    taken = {t["content"] for t in state.get("added_tokens", [])} | set(vocab)
+    added = [w for w in dict.fromkeys(words) if w not in taken]
+    start = max([*vocab.values(), *(t["id"] for t in state.get("added_tokens", []))]) + 1
+    for i, word in enumerate(added):
+        vocab[word] = start + i
+    return Tokenizer.from_str(json.dumps(state)), added
+
+
+def grow_rows(model: Any, size: int) -> None:
+    """Grow ``model``'s input embedding and output head to ``size`` rows; old rows stay bit-identical.
+
+    New rows start at the mean of the old ones (transformers' ``mean_resizing``), so a word the model
+    has never seen reads as an average word rather than as noise.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if size < old:
+        raise ValueError(f"grow_rows: {size} rows is fewer than the model's {old}")
+    if size > old:
+        model.resize_token_embeddings(size, mean_resizing=True)
