@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import yollava.train as train_module
-from yollava.config import load_config
+from yollava.config import LrSchedule, load_config
 from yollava.data import ImageSets, load_text_samples, positive_repeats, recognition_samples
 from yollava.errors import YollavaError
 from yollava.models import build_tiny_base
@@ -109,9 +109,12 @@ def test_a_perfect_epoch_ends_training_with_the_same_concept(tiny_base, tiny_con
     assert len(result.history) == 2 and result.best_epoch == 2
 
 
-def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrupted(tiny_config, image_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrupted(schedule, tiny_config, image_dirs, tmp_path, monkeypatch):
+    """A resumed run continues the learning-rate schedule where the crashed one stopped."""
     pos, neg = image_dirs
     tiny_config.train.epochs = 3
+    tiny_config.train.lr_schedule = LrSchedule(schedule)
     # uninterrupted reference run
     reference = train_concept(tiny_config, "bo", pos, neg, store=tmp_path / "ref", base=build_tiny_base())
     ref_rows = load_tensors(reference.run_dir / "checkpoint.safetensors")
@@ -140,6 +143,10 @@ def test_crash_mid_training_keeps_existing_concept_and_resume_matches_uninterrup
 
     resumed = train_concept(tiny_config, "bo", None, None, store=store, resume=True, base=build_tiny_base())
     assert len(resumed.history) == 3
+    lr = tiny_config.train.lr
+    expected = [lr] * 3 if schedule == "constant" else [lr, lr * 2 / 3, lr / 3]
+    assert [h["lr"] for h in resumed.history] == pytest.approx(expected)
+    assert [h["lr"] for h in reference.history] == pytest.approx(expected)
     rows = load_tensors(resumed.run_dir / "checkpoint.safetensors")
     for key in ("embed_rows", "head_rows", "best_embed_rows"):
         torch.testing.assert_close(rows[key], ref_rows[key], rtol=0, atol=1e-6)

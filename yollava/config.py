@@ -52,6 +52,18 @@ class Recipe(str, Enum):
     full = "full"
 
 
+class LrSchedule(str, Enum):
+    """How the learning rate moves across epochs.
+
+    ``constant``: ``train.lr`` throughout (the paper). ``linear``: stepped down each epoch,
+    ``lr * (1 - epoch / epochs)`` (1, 0.75, 0.5, 0.25 x lr over four epochs); on the toy it removed
+    the later epochs' collapses to Yes = No (docs/toyworld.md, "One concept's training ... chaotic").
+    """
+
+    constant = "constant"
+    linear = "linear"
+
+
 class Category(str, Enum):
     """Which conversation question set a concept gets; ``auto`` asks the base model."""
 
@@ -111,6 +123,7 @@ class TrainConfig:
 
     epochs: int = 15
     lr: float = 1e-3
+    lr_schedule: LrSchedule = LrSchedule.constant  # constant | linear (stepped down per epoch)
     weight_decay: float = 0.0  # applies to the concept rows only; frozen rows are never in the optimizer
     batch_size: int = 1
     seed: int = 0

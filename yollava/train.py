@@ -18,7 +18,7 @@ import yollava
 from yollava.base import Base
 from yollava.batching import epoch_batches
 from yollava.concept import ConceptParams, attached, concept_dir, concept_lock, init_concept, save_concept, validate_name
-from yollava.config import Config, config_to_dict, config_to_yaml, load_config
+from yollava.config import Config, LrSchedule, TrainConfig, config_to_dict, config_to_yaml, load_config
 from yollava.data import NegativeSource, Sample, summarize
 from yollava.errors import YollavaError
 from yollava.evaluate.recognition import RecognitionResult, evaluate_concept
@@ -210,6 +210,13 @@ NO_NEGATIVES = (
 )
 
 
+def epoch_lr(train: TrainConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under ``train.lr_schedule``."""
+    if train.lr_schedule == LrSchedule.linear:
+        return train.lr * (1 - epoch / train.epochs)
+    return train.lr
+
+
 def train_concept(
     config: Config,
     name: str,
@@ -370,6 +377,9 @@ def _train_epochs(
     with progress_bar(console) as progress:
         epochs_task = progress.add_task("epochs", total=config.train.epochs, completed=state.epoch, info="", log_every=1)
         for epoch in range(state.epoch, config.train.epochs):
+            lr = epoch_lr(config.train, epoch)
+            for group in optimizer.param_groups:  # set each epoch, so a resumed run continues the schedule
+                group["lr"] = lr
             steps_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch, info="")
             eta.start_epoch(epoch)
             losses: list[float] = []
@@ -403,7 +413,7 @@ def _train_epochs(
             )
             progress.remove_task(scoring)
 
-            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), **result.summary(), "elapsed_s": time.perf_counter() - started}
+            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"], **result.summary(), "elapsed_s": time.perf_counter() - started}
             state.record(record, result, params)
             append_jsonl(state.run_dir / RUN_METRICS, record)
             state.save(params, optimizer)
