@@ -193,7 +193,7 @@ def test_the_reference_photo_becomes_the_question_s_code_and_the_scene_is_matche
 def test_the_vocabulary_grows_by_the_mix_s_missing_words_and_keeps_every_old_id_and_row():
     import torch
 
-    from yollava.toyworld.pretrain.pvit import pvit_words
+    from yollava.toyworld.pretrain.pvit import UNKNOWN_REPLIES, WHO_QUESTIONS, pvit_words
     from yollava.toyworld.pretrain.vocabulary import build_tokenizer, extend_tokenizer, grow_rows, required_words
     from yollava.toyworld.toy_llava import UNK, load_toy_base
 
@@ -203,8 +203,6 @@ def test_the_vocabulary_grows_by_the_mix_s_missing_words_and_keeps_every_old_id_
     assert new.get_vocab_size() == old.get_vocab_size() + len(added)
     assert all(new.token_to_id(t) == i for t, i in old.get_vocab().items())
     unk = new.token_to_id(UNK)
-    from yollava.toyworld.pretrain.pvit import UNKNOWN_REPLIES, WHO_QUESTIONS
-
     assert unk not in new.encode(" ".join(pvit_words())).ids
     for text in [t.format(name="<x03>") for t in (*UNKNOWN_REPLIES, *WHO_QUESTIONS)]:
         ids = new.encode(text).ids
