@@ -29,6 +29,10 @@ from yollava.images import file_sha256
 CELL_FORMAT = 1
 # Config keys that say where things go or run, not what is computed: left out of every key.
 UNKEYED = ("model.device", "train.runs_dir", "train.prefix_cache_gb", "train.prefix_cache_cpu_gb")
+# config keys added after cells were first keyed, each with the value that does exactly what yollava did
+# before the key existed: at that value the key is left out of the hash, so cells and trainings that
+# finished before it existed stay valid; any other value is hashed like every key
+KEYED_ONLY_OFF = {"train.lr_schedule": "constant"}
 POOL_DIR = "pool"  # the toy world's negative pool, DIR/pool/
 TRAINED_METHODS = frozenset({"soft-prompt"})
 
@@ -39,11 +43,15 @@ def digest(payload: Any, length: int = 16) -> str:
 
 
 def keyed_config(config: Config) -> dict[str, Any]:
-    """The resolved config without the keys of :data:`UNKEYED`."""
+    """The resolved config without the keys of :data:`UNKEYED`, nor those of :data:`KEYED_ONLY_OFF` at their old behaviour."""
     data = config_to_dict(config)
     for dotted in UNKEYED:
         section, key = dotted.split(".")
         data[section].pop(key, None)
+    for dotted, old in KEYED_ONLY_OFF.items():
+        section, key = dotted.split(".")
+        if data[section].get(key) == old:
+            del data[section][key]
     return data
 
 
