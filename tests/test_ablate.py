@@ -215,3 +215,65 @@ def test_every_method_gives_the_table5_report(tmp_path, world, capsys, monkeypat
     assert table["columns"] == ["soft-prompt", "vanilla", "description", "auto-long", "auto-short", "in-context (1 ref)", "in-context (2 refs)"]
     for name in ("accuracy_vs_tokens.png", "methods.png", "table5/recognition_vs_tokens.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    # an earlier run's results.jsonl gives the same Table 5 without running a cell
+    again = tmp_path / "again"
+    code, _, err = run_cli([*args[:args.index("--out") + 1], str(again), *args[args.index("--out") + 2:], "--reuse", str(out / "results.jsonl")],
+                           capsys, monkeypatch, tmp_path)
+    assert code == 0 and "reused 7 finished cell(s)" in err and "7 finished" in err, err
+    assert not (again / "logs").exists() or not list((again / "logs").rglob("*-seed0.log"))
+    assert read_results(again) == lines
+    assert json.loads((again / "table5" / "table.json").read_text()) == table
+    # lines from a yollava that kept no harness records cannot rebuild Table 5's costs: refused, not guessed
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "harness"}) + "\n" for line in lines))
+    code, _, err = run_cli([*args[:args.index("--out") + 1], str(tmp_path / "third"), *args[args.index("--out") + 2:], "--reuse", str(old)],
+                           capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "old.jsonl", "run those cells again")
+
+
+def test_reuse_takes_only_the_cells_whose_keys_match(tmp_path, world, capsys, monkeypatch):
+    suite = suite_file(tmp_path, "k", K_SUITE)
+    first = tmp_path / "first"
+    code, _, err = run_cli(ablate_args(suite, world, first), capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    earlier = read_results(first)
+    # results.jsonl as an older yollava wrote it (no harness fields): enough for a curve suite
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "harness"}) + "\n" for line in earlier))
+
+    suite.write_text(suite.read_text().replace("concept.k: [0, 1]", "concept.k: [0, 1, 2]"))
+    second = tmp_path / "second"
+    code, _, err = run_cli(ablate_args(suite, world, second, "--reuse", str(old)), capsys, monkeypatch, tmp_path)
+    assert code == 0 and "reused 4 finished cell(s)" in err, err
+    lines = read_results(second)
+    assert len(lines) == 6
+    assert len(list((second / "logs").rglob("*-seed0.log"))) == 2  # only k=2 ran
+    kept = {line["cell"]: line for line in lines if line["x"] in (0, 1)}
+    for line in earlier:
+        assert {k: v for k, v in kept[line["cell"]].items() if k != "harness"} == {k: v for k, v in line.items() if k != "harness"}
+    summary = json.loads((second / "summary.json").read_text())
+    assert [row["variant"] for row in summary["rows"]] == ["k=0", "k=1", "k=2"]
+
+    # a damaged or foreign file: one line naming it, nothing taken
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(old.read_text() + '{"not": "a results line"}\n')
+    code, _, err = run_cli(ablate_args(suite, world, tmp_path / "third", "--reuse", str(bad)), capsys, monkeypatch, tmp_path)
+    assert_user_error(code, err, "bad.jsonl", "line 5")
+    assert not list((tmp_path / "third" / "cells").glob("*.json"))
+
+
+def test_a_new_config_key_at_its_old_behaviour_keeps_the_cell_keys(tmp_path, world):
+    """train.lr_schedule came after the first cells were keyed: at constant (what yollava did before) it is not hashed."""
+    from yollava.ablate.cells import keyed_config
+    from yollava.ablate.runner import make_plan
+    from yollava.config import load_config
+
+    assert "lr_schedule" not in keyed_config(load_config(overrides=["train.lr_schedule=constant"]))["train"]
+    assert keyed_config(load_config(overrides=["train.lr_schedule=linear"]))["train"]["lr_schedule"] == "linear"
+    suite = suite_file(tmp_path, "k", K_SUITE)
+
+    def keys(*extra: str) -> list[str]:
+        plan = make_plan(suite, world, tmp_path / "out", concepts=["bo"], overrides=[*TINY, *extra], embedder="tiny")
+        return [c.key for c in plan.cells]
+
+    assert set(keys("train.lr_schedule=linear")).isdisjoint(keys())

@@ -496,6 +496,7 @@ def ablate(
     embedder: Optional[str] = typer.Option(None, "--embedder", help="retrieval embedder of mined negatives (default: toy on a toy benchmark)"),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (model.name of every cell)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and which are finished; run nothing"),
+    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", help="an earlier run's results.jsonl: its cells whose keys match are taken instead of run (repeatable)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE config overrides for every cell, e.g. model.name=tiny train.epochs=1"),
 ) -> None:
     """Run a suite of variants x concepts x seeds: resumable, parallel (--workers, accelerate launch), with tables and plots.
@@ -508,7 +509,8 @@ def ablate(
     names = tuple(c.strip() for c in concepts.split(",") if c.strip()) if concepts else None
     command = "yollava " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name in ("yollava", "__main__.py") else None
     request = Request(suite=suite, data=str(data), out=str(out), cache=str(cache) if cache else None, concepts=names, seeds=seeds,
-                      overrides=tuple(_overrides(model, overrides)), embedder=embedder, threads=threads, command=command)
+                      overrides=tuple(_overrides(model, overrides)), embedder=embedder, threads=threads, command=command,
+                      reuse=tuple(str(p) for p in reuse or ()))
     if dry_run:
         plan = request.plan()
         finished = plan.done()

@@ -32,7 +32,7 @@ from rich.console import Console
 
 import yollava
 from yollava.ablate.cells import AblationData, Cell, Training, digest, expand_cells
-from yollava.ablate.suite import NegativesKind, Suite, load_suite
+from yollava.ablate.suite import NegativesKind, ReportKind, Suite, load_suite
 from yollava.config import Config, config_to_dict
 from yollava.errors import YollavaError
 from yollava.storage import (
@@ -426,7 +426,84 @@ def dump_line(cell: Cell, result: dict[str, Any], record: dict[str, Any]) -> dic
         "cell_cpu_s": result["cpu_s"], "cell_wall_s": result["wall_s"], "threads": result.get("threads"), "rank": result.get("rank"),
         "config": described["config"], "model": result["model"]["id"], "yollava_version": result["yollava_version"],
         "identifier": record.get("identifier"), "prefix": record.get("prefix"),
+        "harness": {k: record.get(k) for k in HARNESS_FIELDS},
     }
+
+
+# the harness record's fields a results.jsonl line keeps beside its own (what --reuse needs to give the
+# reports, Table 5's costs included, the same record back)
+HARNESS_FIELDS = ("format", "format_version", "model", "data", "train_seconds", "seconds", "image_tokens", "references",
+                  "method_info", "sources", "templates", "yollava_version")
+LINE_RECORD_FIELDS = ("task", "method", "concept", "accuracy", "scoring", "n_questions", "tokens_per_query", "metrics",
+                      "identifier", "prefix", "refs")
+
+
+def _read_results(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """An earlier run's ``results.jsonl``, its lines grouped by cell key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YollavaError(f"--reuse {path}: cannot read it ({exc.strerror or exc}); pass an earlier run's {RESULTS_FILE}") from None
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+            key, task = line["cell"], line["task"]
+            if not isinstance(key, str) or not isinstance(task, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise YollavaError(f"--reuse {path}: line {number} is not a yollava ablate results line; pass an earlier run's {RESULTS_FILE}") from None
+        grouped.setdefault(key, []).append(line)
+    return grouped
+
+
+def reuse_results(plan: Plan, paths: Sequence[str | Path]) -> int:
+    """Take the cells of earlier runs' ``results.jsonl`` files whose keys this plan has and has not finished.
+
+    A key is the hash of everything that decides a cell's result, so a line with this plan's key is this
+    cell's result. Each becomes a cell file (marked ``reused_from``); its per-question items, which
+    results.jsonl does not keep, are not restored.
+
+    Returns:
+        How many cells were taken.
+
+    Raises:
+        YollavaError: an unreadable or malformed file, a cell whose tasks are not all in the file, or (for a
+            methods suite, whose Table 5 needs them) lines from a yollava that did not keep the harness fields.
+    """
+    done = plan.done()
+    wanted = {c.key: c for c in plan.cells if c.key not in done}
+    taken = 0
+    for path in map(Path, paths):
+        for key, lines in _read_results(path).items():
+            cell = wanted.pop(key, None)
+            if cell is None:
+                continue
+            tasks = {line["task"] for line in lines}
+            if tasks != set(cell.tasks):
+                raise YollavaError(f"--reuse {path}: cell {key} ({cell.label}) has tasks {sorted(tasks)}, the suite asks "
+                                   f"{sorted(cell.tasks)}; the file is damaged")
+            if plan.suite.report.kind == ReportKind.methods and any("harness" not in line for line in lines):
+                raise YollavaError(f"--reuse {path}: its lines come from a yollava that did not keep the evaluation records "
+                                   "Table 5 needs; run those cells again instead")
+            records = []
+            for line in sorted(lines, key=lambda line: list(cell.tasks).index(line["task"])):
+                record = {k: line.get(k) for k in LINE_RECORD_FIELDS}
+                record.update(line.get("harness") or {"model": {"id": line.get("model")}, "yollava_version": line.get("yollava_version")})
+                records.append(record)
+            first = lines[0]
+            result = {
+                "format": RESULT_FORMAT, "format_version": 1, "cell": cell.describe(), "records": records,
+                "trainings": first.get("trainings") or [], "cpu_s": first.get("cell_cpu_s"), "wall_s": first.get("cell_wall_s"),
+                "eval_cpu_s": None, "threads": first.get("threads"), "model": {"id": first.get("model")}, "data": str(plan.data.root),
+                "yollava_version": first.get("yollava_version"), "rank": first.get("rank"), "world": None, "pid": None,
+                "finished": None, "reused_from": str(path),
+            }
+            write_json_atomic(plan.cell_file(cell), result)
+            taken += 1
+    return taken
 
 
 # ----------------------------------------------------------------------------- processes
@@ -465,6 +542,7 @@ class Request:
     embedder: str | None
     threads: int | None = None
     command: str | None = None
+    reuse: tuple[str, ...] = ()  # earlier runs' results.jsonl files whose matching cells are taken, not run
 
     def plan(self) -> Plan:
         plan = make_plan(self.suite, self.data, self.out, self.cache, self.concepts, self.seeds, self.overrides, self.embedder)
@@ -536,6 +614,9 @@ def run_suite(request: Request, workers: int = 1, console: Console | None = None
     plan.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_plan(plan)
+        if request.reuse:
+            taken = reuse_results(plan, request.reuse)
+            console.print(f"reused {taken} finished cell(s) from {', '.join(request.reuse)}", highlight=False)
     done = len(plan.done())
     console.print(f"suite {plan.suite.name}: {len(plan.cells)} cells ({len(plan.suite.variants)} variants x "
                   f"{len({c.concept for c in plan.cells})} concepts x {len(plan.suite.seeds)} seeds), {done} finished; "
