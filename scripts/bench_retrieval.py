@@ -59,22 +59,29 @@ def time_embedding(embedder, paths: list[Path], cache_dir: Path) -> tuple[float,
     return len(paths) / cold, len(paths) / warm
 
 
-def toy_acceptance(bench: Path, weights: Path | None, console: Console, json_out: Path | None = None) -> dict:
+def toy_acceptance(bench: Path, weights: Path | None, console: Console, json_out: Path | None = None, name: str = "toy") -> dict:
     """Hard negatives mined from a toy benchmark's pool: how often they share the concept's family
-    and main colour, against the pool's base rate; and whether any is the concept itself."""
-    from yollava.retrieval.embed import Embedder
+    and main colour, against the pool's base rate; and whether any is the concept itself.
+
+    ``name``: the embedder (``toy``, the default retrieval embedder of the toy world, or ``toy-clip``);
+    ``weights``: other toy CLIP weights (then ``toy-clip`` with them).
+    """
+    from yollava.retrieval.embed import Embedder, load_embedder
     from yollava.toyworld.clip import create_toy_clip
     from yollava.toyworld.hardness import mined_negative_shares
 
-    model, preprocess, _ = create_toy_clip(pretrained=True, weights=weights)
-    embedder = Embedder("toy", model, preprocess)
+    if weights is not None:
+        model, preprocess, _ = create_toy_clip(pretrained=True, weights=weights)
+        embedder = Embedder("toy-clip", model, preprocess)
+    else:
+        embedder = load_embedder(name, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         shares = mined_negative_shares(bench, embedder, tmp)
         seconds = time.perf_counter() - start
     console.print(f"embedded the pool in {shares['embed_seconds']:.1f} s ({shares['pool_size']} images); "
                   f"mined {len(shares['concepts'])} concepts in {seconds - shares['embed_seconds']:.1f} s")
-    table = Table(title=f"toy world: hard negatives mined from {shares['pool_size']} pool images (toy CLIP); "
+    table = Table(title=f"toy world: hard negatives mined from {shares['pool_size']} pool images (embedder {embedder.name}); "
                         "fraction sharing the concept's attribute (main subject) / pool base rate")
     for column in ("concept", "family, colour", "hard", "same colour", "same family", "same family+colour", "ratio", "is the concept"):
         table.add_column(column, justify="right")
@@ -102,7 +109,8 @@ def main() -> None:
     parser.add_argument("--uniform", action="store_true",
                         help="uniform random vectors (no cluster structure: the worst case for IVF recall)")
     parser.add_argument("--toy", type=Path, help="a toy benchmark folder: also measure hard-negative quality there")
-    parser.add_argument("--toy-weights", type=Path, help="toy CLIP safetensors (default: the shipped weights)")
+    parser.add_argument("--toy-embedder", default="toy", help="embedder of the --toy measurement: toy (default) or toy-clip")
+    parser.add_argument("--toy-weights", type=Path, help="other toy CLIP safetensors (then embedder toy-clip with them)")
     parser.add_argument("--toy-json", type=Path, help="also write the --toy measurement to this JSON file")
     parser.add_argument("--skip-speed", action="store_true", help="only the --toy measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads (others share the cores)")
@@ -128,7 +136,7 @@ def main() -> None:
                   f"faiss {faiss.__version__}, open_clip {open_clip.__version__}")
 
     if args.toy:
-        toy_acceptance(args.toy, args.toy_weights, console, args.toy_json)
+        toy_acceptance(args.toy, args.toy_weights, console, args.toy_json, args.toy_embedder)
     if args.skip_speed:
         return
     embed_rows = []

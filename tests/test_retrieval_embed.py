@@ -107,10 +107,11 @@ def test_keep_vectors_false_leaves_them_in_the_cache(tiny, tmp_path):
 def test_registry_errors_are_one_line(monkeypatch):
     with pytest.raises(YollavaError, match="unknown embedder 'clip-xl'.*laion-vit-l-14"):
         load_embedder("clip-xl")
-    monkeypatch.setitem(sys.modules, "yollava.toyworld.clip", None)
-    with pytest.raises(YollavaError, match="toy world") as info:
-        load_embedder("toy")
-    assert "\n" not in str(info.value)
+    for module, name in (("yollava.toyworld.clip", "toy-clip"), ("yollava.toyworld.attribute_clip", "toy")):
+        monkeypatch.setitem(sys.modules, module, None)
+        with pytest.raises(YollavaError, match="toy world") as info:
+            load_embedder(name)
+        assert "\n" not in str(info.value)
 
 
 @pytest.mark.network

@@ -281,3 +281,24 @@ def test_speed_bench_trains_both_recipes_end_to_end_on_a_toy_world_concept(tiny,
     row, = json.loads((tmp_path / "bench.json").read_text())["concepts"]["concepts"]
     assert row["concept"] == first and row["reference"]["epochs"] == 1 and row["yollava"]["epochs"] == 1
     assert row["ratio_cpu"] > 0 and all(0.0 <= row["test_weighted"][k] <= 1.0 for k in ("yollava", "reference"))
+
+
+def test_pool_images_are_photos_of_their_main_subject_and_concept_photos_are_not():
+    """Every pool distractor is of a smaller size class than the main subject (so mining by image finds
+    what the main subject is); a concept's own photos keep distractors of any size."""
+    from yollava.toyworld.world import SIZES
+
+    plan = plan_benchmark(n_concepts=3, seed=7, pool_size=400)
+    rank = SIZES.index
+    pool_others = 0
+    for index in range(plan.pool_size):
+        main, *others = plan.pool_item(index).scene.subjects
+        assert all(rank(o.subject.size) < rank(main.subject.size) for o in others), index
+        pool_others += len(others)
+        if main.subject.size == "small":
+            assert not others
+    assert pool_others > 200  # distractors are still drawn
+    larger = sum(rank(o.subject.size) >= rank(main.subject.size)
+                 for c in plan.concepts for i in range(plan.n_train)
+                 for main, *rest in [plan.concept_scene(c.name, "train", i).subjects] for o in rest)
+    assert larger > 0

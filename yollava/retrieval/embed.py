@@ -42,7 +42,8 @@ class EmbedderName(StrEnum):
     LAION_VIT_H_14 = "laion-vit-h-14"
     LAION_VIT_B_32 = "laion-vit-b-32"
     TINY = "tiny"
-    TOY = "toy"
+    TOY = "toy"  # the toy world's retrieval embedder: the toy LLaVA's attribute read, category first (images only)
+    TOY_CLIP = "toy-clip"  # the toy world's contrastively trained open_clip model (image and text towers)
 
 
 DEFAULT_EMBEDDER = EmbedderName.LAION_VIT_L_14
@@ -517,15 +518,24 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, *, device: str | torch.device | 
     return Embedder(choice.value, model, preprocess, device=device, batch_size=batch_size)
 
 
-def _build_toy() -> tuple[torch.nn.Module, Callable]:
+def _build_toy_clip() -> tuple[torch.nn.Module, Callable]:
     try:
         from yollava.toyworld.clip import create_toy_clip
     except ImportError as exc:
-        raise YollavaError(f"embedder 'toy' needs the toy world (yollava.toyworld.clip), which is not available: {exc}") from exc
+        raise YollavaError(f"embedder 'toy-clip' needs the toy world (yollava.toyworld.clip), which is not available: {exc}") from exc
 
     with _quiet_open_clip():
         model, preprocess, _ = create_toy_clip(pretrained=True)
     return model, preprocess
+
+
+def _build_toy() -> tuple[torch.nn.Module, Callable]:
+    try:
+        from yollava.toyworld.attribute_clip import create_attribute_clip
+    except ImportError as exc:
+        raise YollavaError(f"embedder 'toy' needs the toy world (yollava.toyworld.attribute_clip), which is not available: {exc}") from exc
+
+    return create_attribute_clip()
 
 
 def _build_open_clip(choice: EmbedderName) -> tuple[torch.nn.Module, Callable]:
@@ -543,7 +553,7 @@ def _build_open_clip(choice: EmbedderName) -> tuple[torch.nn.Module, Callable]:
         if why is not None:
             raise YollavaError(
                 f"{what}: its weights are not in the local Hugging Face cache and {why}; connect once to download them "
-                "(kept in the cache afterwards), or use --embedder toy offline (the toy world's trained CLIP)"
+                "(kept in the cache afterwards), or use --embedder toy offline (the toy world's embedder)"
             )
         from huggingface_hub import hf_hub_download
 
@@ -566,6 +576,7 @@ def _build_open_clip(choice: EmbedderName) -> tuple[torch.nn.Module, Callable]:
 EMBEDDER_BUILDERS: dict[EmbedderName, Callable[[], tuple[torch.nn.Module, Callable]]] = {
     EmbedderName.TINY: create_tiny_clip,
     EmbedderName.TOY: _build_toy,
+    EmbedderName.TOY_CLIP: _build_toy_clip,
 }
 
 

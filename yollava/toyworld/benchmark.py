@@ -174,7 +174,7 @@ class BenchmarkPlan:
             while main in identities:
                 main = variant(self.concept(planted[0]).subject, planted[1], rng)
         scene = sample_scene(
-            rng, main, image_size=self.image_size, n_distractors=rng.randint(0, 3), exclude=identities
+            rng, main, image_size=self.image_size, n_distractors=rng.randint(0, 3), exclude=identities, main_largest=True
         )
         return PoolItem(index, scene, *(planted or (None, None)))
 
@@ -585,6 +585,7 @@ def _benchmark_summary(plan: BenchmarkPlan, counts: dict) -> dict:
         "n_train": plan.n_train,
         "n_test": plan.n_test,
         "pool_size": plan.pool_size,
+        "pool_main_largest": True,  # every pool image is a photo of its main subject (world.sample_scene)
         "identifier_format": IDENTIFIER_FORMAT,
         "concepts": [c.name for c in plan.concepts],
         "lookalikes": [

@@ -318,6 +318,7 @@ def sample_scene(
     image_size: int = DEFAULT_IMAGE_SIZE,
     n_distractors: int = 0,
     exclude: frozenset = frozenset(),
+    main_largest: bool = False,
 ) -> Scene:
     """Put ``main`` into a random scene with up to ``n_distractors`` other subjects.
 
@@ -328,6 +329,9 @@ def sample_scene(
         n_distractors: how many distractors to try to place (0-3); one that finds no free spot in
             24 tries is left out, and the scene graph lists only what was placed.
         exclude: identities no distractor may have (the main subject is always excluded too).
+        main_largest: a photo *of* ``main``, as a web photo is of what its caption names: every
+            distractor is of a smaller size class (a small main subject stands alone). The
+            negative pool is drawn so; a concept's own photos are not.
 
     Returns:
         The scene graph.
@@ -344,8 +348,13 @@ def sample_scene(
     main_box = _place(*subject_box_size(main, image_size, rng), image_size, horizon, rng)
     placed = [PlacedSubject(main, main_box)]
     banned = exclude | {main}
-    for _ in range(n_distractors):
+    smaller = SIZES[: SIZES.index(main.size)] if main_largest else SIZES
+    for _ in range(n_distractors if smaller else 0):
         other = sample_subject(rng, exclude=banned)
+        if other.size not in smaller:
+            other = Subject(**{**other.to_dict(), "size": rng.choice(smaller)})
+            if other in banned:
+                continue
         width, height = subject_box_size(other, image_size, rng)
         for _ in range(PLACEMENT_TRIES):
             box = _place(width, height, image_size, horizon, rng)
