@@ -32,10 +32,20 @@ fine lookalikes 0.57; threshold 0.85, count_bias 8), against the gate's 0.90. Th
 not what limits it: at ~330 logits per unit of count (max_references 8) a patch's residual RMS a
 few per cent off a text token's moves the scene's patches by 10-15 logits (count_bias takes the
 mean), but with max_references 1 (b = 50, that noise under a logit; a clean HAS_REFERENCE
-dimension for the text penalty) one-reference presence was 0.62-0.64. What limits it is comparing
-two noisy image codes: the reference photo's code is read by the same tower as the scene's (shape
-often missing, the whole code at half strength for small subjects), where the toy's own presence
-gate (0.905) compares the scene with an exact description. More reference photos did not help
+dimension for the text penalty) one-reference presence was 0.62-0.64. Nor is the reference code
+what limits it, as was believed here before: ``scripts/probe_pvit_match.py`` scores the same 200
+held-out items four ways (2026-12-03): as compiled 0.735; with the collected reference code snapped
+to its per-attribute argmax (which agrees with the scene graph on 0.90-0.97 of the items per
+attribute) 0.775; with the reference subject's *true* code 0.770; and, with no reference photo,
+the toy LLaVA's own description match (its layer 1) given the exact description, on the same
+scenes, 0.925 (fine lookalikes 0.957). So the loss is in this match layer (its share, threshold and
+sink terms with a collected code at the query), not in reading the reference photo. Neither the
+calibration nor the count explains it: over threshold 0.8-0.9 x shape and size weights 0.5 / 1 the
+oracle code's best was 0.765 on a training pool (0.78 held out), and with the reference photos'
+patch codes zeroed by a hook and the count term replaced by a plain image margin it stayed at
+0.72-0.78 (probes of 2026-12-03, not kept as code). The next thing
+to try is to hand the collected code to layer 1's calibrated match (as a word-like code in WORD)
+and keep the count term only for excluding the reference photos. More reference photos did not help
 (3 photos: 0.64, the count term's noise grows with the count).
 Fixed on the way from the WIP: HAS_REFERENCE read CONST, which ``<s>`` holds too (every position
 read 1); the text penalty read a background slot that patches fill with noise (+-30 logits); the
